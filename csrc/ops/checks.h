@@ -1,0 +1,48 @@
+#pragma once
+// Argument checks and shape arithmetic for every involution op, shared by every dispatch key
+// (CPU, CUDA, Meta). This is the one place that knows the conv output-size formula.
+//
+// Sizes are c10::SymInt so the Meta (fake) kernels can run under torch.compile/torch.export
+// with symbolic shapes; with real tensors they are plain integers.
+//
+// `dims` is the number of spatial axes (2 for involution2d, 3 for involution3d).
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/SymInt.h>
+
+#include <vector>
+
+#include "geometry.h"
+
+namespace involution {
+namespace detail {
+
+// Output sizes (B, C, O...) of the forward op; throws c10::Error naming what was expected and
+// what came if any argument is invalid.
+std::vector<c10::SymInt> check_forward(const char* op, int64_t dims, const at::Tensor& input,
+                                       const at::Tensor& weight, at::IntArrayRef stride,
+                                       at::IntArrayRef padding, at::IntArrayRef dilation);
+
+// Sizes (B, C, I...) of the input gradient.
+std::vector<c10::SymInt> check_backward_input(const char* op, int64_t dims,
+                                              const at::Tensor& grad_output,
+                                              const at::Tensor& weight,
+                                              c10::SymIntArrayRef input_size,
+                                              at::IntArrayRef stride, at::IntArrayRef padding,
+                                              at::IntArrayRef dilation);
+
+// Sizes (B, G, K..., O...) of the weight gradient.
+std::vector<c10::SymInt> check_backward_weight(const char* op, int64_t dims,
+                                               const at::Tensor& grad_output,
+                                               const at::Tensor& input,
+                                               at::IntArrayRef kernel_size, int64_t groups,
+                                               at::IntArrayRef stride, at::IntArrayRef padding,
+                                               at::IntArrayRef dilation);
+
+// The concrete geometry of a checked problem, for the kernels. `features` is (B, C, I...) and
+// `weight_sizes` is (B, G, K..., O...); both must already have passed one of the checks above.
+Geometry make_geometry(int64_t dims, at::IntArrayRef features, at::IntArrayRef weight_sizes,
+                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation);
+
+}  // namespace detail
+}  // namespace involution

@@ -1,0 +1,54 @@
+"""Functional interface to the involution ops."""
+
+from typing import Sequence, Tuple, Union
+
+import torch
+
+IntOrPair = Union[int, Sequence[int]]
+
+
+def _expand(value: IntOrPair, n: int, name: str) -> Tuple[int, ...]:
+    if isinstance(value, bool) or not isinstance(value, (int, Sequence)):
+        raise TypeError(f"{name} must be an int or a sequence of {n} ints, got {value!r}")
+    if isinstance(value, int):
+        return (value,) * n
+    value = tuple(value)
+    if len(value) != n or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ValueError(f"{name} must be an int or a sequence of {n} ints, got {value!r}")
+    return value
+
+
+def involution2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    stride: IntOrPair = 1,
+    padding: IntOrPair = 0,
+    dilation: IntOrPair = 1,
+) -> torch.Tensor:
+    r"""2-D involution: a per-pixel kernel shared by the channels of each group.
+
+    Args:
+        input: ``(B, C, H, W)``.
+        weight: ``(B, G, KH, KW, OH, OW)`` with ``C % G == 0``; the kernel of output pixel
+            ``(i, j)``, shared by the ``C // G`` channels of each group (contiguous blocks).
+        stride, padding, dilation: an int or a pair, as in :func:`torch.nn.functional.conv2d`.
+
+    Returns:
+        ``(B, C, OH, OW)`` with ``OH = (H + 2*padding - dilation*(KH-1) - 1) // stride + 1``
+        (same for ``OW``), and
+
+        .. math::
+            y_{b,c,i,j} = \sum_{u,v} w_{b,g(c),u,v,i,j}\,
+                x_{b,c,\,i s_H - p_H + u d_H,\; j s_W - p_W + v d_W}
+
+        with taps outside the image counted as zero. Differentiable in both ``input`` and
+        ``weight``, to any order. Supports float64, float32, float16 and bfloat16 (the half
+        types accumulate in float32).
+    """
+    return torch.ops.involution.involution2d(
+        input,
+        weight,
+        _expand(stride, 2, "stride"),
+        _expand(padding, 2, "padding"),
+        _expand(dilation, 2, "dilation"),
+    )
