@@ -145,7 +145,12 @@ class Involution2d(nn.Module):
             if h // sh == out_h and w // sw == out_w:
                 return self.o_mapping(input)
             if (h + sh - 1) // sh == out_h and (w + sw - 1) // sw == out_w:
-                return F.avg_pool2d(input, [sh, sw], [sh, sw], ceil_mode=True)
+                # The last window overhangs and averages what it covers. count_include_pad=False
+                # gives the same numbers as the default here (no explicit padding) and avoids
+                # inductor's wrong backward for the default (pytorch/pytorch#198119).
+                return F.avg_pool2d(
+                    input, [sh, sw], [sh, sw], ceil_mode=True, count_include_pad=False
+                )
         return F.adaptive_avg_pool2d(input, [out_h, out_w])
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:

@@ -55,8 +55,6 @@ void check_tensor(const char* op, const char* name, const at::Tensor& t, int64_t
               op, ": expected ", name,
               " to have a floating-point dtype (float64, float32, float16 or bfloat16), but got ",
               dtype);
-  TORCH_CHECK(t.layout() == at::kStrided, op, ": expected ", name,
-              " to be a dense (strided) tensor, but got layout ", t.layout());
 }
 
 void check_same_kind(const char* op, const char* name_a, const at::Tensor& a, const char* name_b,

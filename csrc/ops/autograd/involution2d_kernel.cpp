@@ -37,9 +37,16 @@ Params load_params(AutogradContext* ctx) {
           ctx->saved_data["dilation"].toIntVector()};
 }
 
-// Kernel size (KH, KW) and groups of a weight (B, G, KH, KW, OH, OW).
+// Kernel size (KH, KW) and groups of a weight (B, G, KH, KW, OH, OW). Under torch.compile the
+// sizes may be symbolic: read just these dims (Tensor::size would guard on every dim) and
+// specialise on them, as they are constants of a layer.
 std::vector<int64_t> kernel_size_of(const at::Tensor& weight) {
-  return {weight.size(2), weight.size(3)};
+  return {weight.sym_size(2).guard_int(__FILE__, __LINE__),
+          weight.sym_size(3).guard_int(__FILE__, __LINE__)};
+}
+
+int64_t groups_of(const at::Tensor& weight) {
+  return weight.sym_size(1).guard_int(__FILE__, __LINE__);
 }
 
 class Involution2dFunction : public torch::autograd::Function<Involution2dFunction> {
@@ -68,7 +75,7 @@ class Involution2dFunction : public torch::autograd::Function<Involution2dFuncti
       }
       if (ctx->needs_input_grad(1)) {
         grad_weight = detail::involution2d_backward_weight(grad_output, input,
-                                                           kernel_size_of(weight), weight.size(1),
+                                                           kernel_size_of(weight), groups_of(weight),
                                                            p.stride, p.padding, p.dilation);
       }
     }
@@ -104,7 +111,7 @@ class Involution2dBackwardInputFunction
       }
       if (ctx->needs_input_grad(1)) {
         d_weight = detail::involution2d_backward_weight(grad_output, a, kernel_size_of(weight),
-                                                        weight.size(1), p.stride, p.padding,
+                                                        groups_of(weight), p.stride, p.padding,
                                                         p.dilation);
       }
     }

@@ -1,0 +1,249 @@
+"""The involution2d op family against the float64 reference: values, gradients, dtypes, layouts."""
+
+import os
+
+import pytest
+import torch
+from helpers import Case, involution2d_reference, random_cases
+
+import involution
+from involution.functional import involution2d
+from involution.reference import involution2d_unfold
+
+ops = torch.ops.involution
+CASES = random_cases(24, seed=0)
+DTYPE_TOLERANCES = {
+    torch.float64: dict(atol=1e-12, rtol=1e-12),
+    torch.float32: dict(atol=1e-5, rtol=1e-5),
+    # Half types: inputs are rounded, products accumulate in float32, the output is rounded once.
+    torch.bfloat16: dict(atol=2e-2, rtol=1.6e-2),
+    torch.float16: dict(atol=2e-3, rtol=2e-3),
+}
+
+
+def case_id(case):
+    return (f"B{case.batch}C{case.channels}G{case.groups}_{case.size[0]}x{case.size[1]}"
+            f"_k{case.kernel[0]}x{case.kernel[1]}_s{case.stride[0]}{case.stride[1]}"
+            f"_p{case.padding[0]}{case.padding[1]}_d{case.dilation[0]}{case.dilation[1]}")
+
+
+def test_the_two_references_agree():
+    # The tap-loop reference of the tests and the unfold formulation of the package are
+    # written independently; they must agree before either is trusted.
+    for case in CASES[:8]:
+        x, w = case.tensors()
+        torch.testing.assert_close(involution2d_unfold(x, w, *case.params()),
+                                   involution2d_reference(x, w, *case.params()))
+
+
+def test_reference_matches_the_formula_elementwise():
+    case = Case(1, 4, 2, (5, 6), (2, 3), (2, 1), (1, 2), (2, 1))
+    x, w = case.tensors()
+    ref = involution2d_reference(x, w, *case.params())
+    oh, ow = case.out
+    for c in range(4):
+        for i in range(oh):
+            for j in range(ow):
+                total = 0.0
+                for u in range(2):
+                    for v in range(3):
+                        r, s = i * 2 - 1 + u * 2, j - 2 + v
+                        if 0 <= r < 5 and 0 <= s < 6:
+                            total += w[0, c // 2, u, v, i, j].item() * x[0, c, r, s].item()
+                assert abs(ref[0, c, i, j].item() - total) < 1e-12
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_forward_and_gradients_match_reference(case):
+    x, w = case.tensors(requires_grad=True)
+    y = ops.involution2d(x, w, *case.params())
+    ref_x = x.detach().clone().requires_grad_()
+    ref_w = w.detach().clone().requires_grad_()
+    ref = involution2d_reference(ref_x, ref_w, *case.params())
+    torch.testing.assert_close(y, ref, **DTYPE_TOLERANCES[torch.float64])
+    grad = torch.randn_like(y)
+    gx, gw = torch.autograd.grad(y, (x, w), grad)
+    ref_gx, ref_gw = torch.autograd.grad(ref, (ref_x, ref_w), grad)
+    torch.testing.assert_close(gx, ref_gx, **DTYPE_TOLERANCES[torch.float64])
+    torch.testing.assert_close(gw, ref_gw, **DTYPE_TOLERANCES[torch.float64])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("case", CASES[:8], ids=case_id)
+def test_dtypes(case, dtype):
+    x, w = case.tensors(dtype=dtype, requires_grad=True)
+    y = involution2d(x, w, case.stride, case.padding, case.dilation)
+    assert y.dtype == dtype
+    # The reference sees the same (rounded) inputs, in float64.
+    x64 = x.detach().double().requires_grad_()
+    w64 = w.detach().double().requires_grad_()
+    ref = involution2d_reference(x64, w64, *case.params())
+    tol = DTYPE_TOLERANCES[dtype]
+    torch.testing.assert_close(y.double(), ref, **tol)
+    grad = torch.randn_like(y)
+    gx, gw = torch.autograd.grad(y, (x, w), grad)
+    assert gx.dtype == dtype and gw.dtype == dtype
+    ref_gx, ref_gw = torch.autograd.grad(ref, (x64, w64), grad.double())
+    # Gradients sum up to C/G * KH * KW products; scale the tolerance with that count.
+    scale = (case.channels // case.groups * case.kernel[0] * case.kernel[1]) ** 0.5
+    torch.testing.assert_close(gx.double(), ref_gx, atol=tol["atol"] * scale, rtol=tol["rtol"])
+    torch.testing.assert_close(gw.double(), ref_gw, atol=tol["atol"] * scale, rtol=tol["rtol"])
+
+
+@pytest.mark.parametrize("case", CASES[:6], ids=case_id)
+def test_gradcheck_and_gradgradcheck(case):
+    case = case._replace(batch=1, size=(min(case.size[0], 7), min(case.size[1], 7)))
+    if min(case.out) < 1:
+        pytest.skip("geometry too small after shrinking")
+    x, w = case.tensors(requires_grad=True)
+    fn = lambda a, b: ops.involution2d(a, b, *case.params())  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, w))
+    assert torch.autograd.gradgradcheck(fn, (x, w))
+
+
+def test_gradcheck_of_the_backward_ops():
+    case = Case(2, 4, 2, (6, 5), (3, 2), (2, 1), (1, 1), (1, 2))
+    x, w = case.tensors(requires_grad=True)
+    gy = torch.randn(2, 4, *case.out, dtype=torch.float64, requires_grad=True)
+    stride, padding, dilation = case.params()
+    assert torch.autograd.gradcheck(
+        lambda g, b: ops._involution2d_backward_input(g, b, list(case.size), stride, padding,
+                                                      dilation), (gy, w))
+    assert torch.autograd.gradcheck(
+        lambda g, a: ops._involution2d_backward_weight(g, a, list(case.kernel), case.groups,
+                                                       stride, padding, dilation), (gy, x))
+
+
+def opcheck_samples():
+    samples = []
+    for i, case in enumerate(random_cases(4, seed=1, max_size=8)):
+        for requires_grad in (False, True):
+            x, w = case.tensors(requires_grad=requires_grad)
+            gy = torch.randn(case.batch, case.channels, *case.out, dtype=torch.float64,
+                             requires_grad=requires_grad)
+            s, p, d = case.params()
+            samples += [
+                (ops.involution2d.default, (x, w, s, p, d)),
+                (ops._involution2d_backward_input.default, (gy, w, list(case.size), s, p, d)),
+                (ops._involution2d_backward_weight.default,
+                 (gy, x, list(case.kernel), case.groups, s, p, d)),
+            ]
+    return samples
+
+
+@pytest.mark.parametrize("op,args", opcheck_samples(),
+                         ids=lambda v: str(v) if isinstance(v, torch._ops.OpOverload) else "")
+def test_opcheck(op, args):
+    torch.library.opcheck(op, args)
+
+
+def test_batch_zero_and_empty_channels():
+    for case in (Case(0, 4, 2, (7, 7), (3, 3), (1, 1), (1, 1), (1, 1)),
+                 Case(2, 0, 2, (7, 7), (3, 3), (2, 2), (1, 1), (1, 1))):
+        x, w = case.tensors(requires_grad=True)
+        y = ops.involution2d(x, w, *case.params())
+        assert y.shape == (case.batch, case.channels, *case.out)
+        y.sum().backward()
+        assert x.grad.shape == x.shape and w.grad.shape == w.shape
+        assert (w.grad == 0).all()
+
+
+def test_input_smaller_than_kernel_with_padding():
+    # H = 1 with padding 3: most taps are padding; the output is still well defined.
+    case = Case(2, 3, 1, (1, 2), (7, 7), (1, 1), (3, 3), (1, 1))
+    x, w = case.tensors(requires_grad=True)
+    y = ops.involution2d(x, w, *case.params())
+    torch.testing.assert_close(y, involution2d_reference(x, w, *case.params()))
+
+
+def test_non_contiguous_and_channels_last_inputs():
+    case = Case(2, 6, 3, (9, 11), (3, 5), (2, 1), (1, 2), (1, 2))
+    x, w = case.tensors()
+    expected = involution2d_reference(x, w, *case.params())
+    variants = {
+        "channels_last": (x.contiguous(memory_format=torch.channels_last), w),
+        "transposed": (x.transpose(2, 3).contiguous().transpose(2, 3), w),
+        "sliced": (torch.randn(2, 12, 9, 11, dtype=torch.float64)[:, ::2].copy_(x), w),
+        "weight_permuted": (x, w.permute(0, 1, 4, 5, 2, 3).contiguous().permute(0, 1, 4, 5, 2, 3)),
+        "expanded_weight": (x[:1].expand(2, -1, -1, -1), w[:1].expand(2, -1, -1, -1, -1, -1)),
+    }
+    for name, (xv, wv) in variants.items():
+        ref = expected if name != "expanded_weight" else involution2d_reference(xv, wv, *case.params())
+        y = ops.involution2d(xv, wv, *case.params())
+        torch.testing.assert_close(y, ref, msg=name)
+        # Gradients through non-contiguous views, too.
+        xv = xv.detach().requires_grad_()
+        wv = wv.detach().requires_grad_()
+        grad = torch.randn_like(y).transpose(2, 3).contiguous().transpose(2, 3)
+        gx, gw = torch.autograd.grad(ops.involution2d(xv, wv, *case.params()), (xv, wv), grad)
+        rx, rw = xv.detach().requires_grad_(), wv.detach().requires_grad_()
+        rgx, rgw = torch.autograd.grad(involution2d_reference(rx, rw, *case.params()), (rx, rw),
+                                       grad)
+        torch.testing.assert_close(gx, rgx, msg=name)
+        torch.testing.assert_close(gw, rgw, msg=name)
+
+
+def test_deterministic_and_independent_of_thread_count():
+    case = Case(4, 16, 4, (17, 15), (7, 7), (1, 1), (3, 3), (1, 1))
+    x, w = case.tensors(dtype=torch.float32, requires_grad=True)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 1):
+            torch.set_num_threads(n)
+            y = ops.involution2d(x, w, *case.params())
+            gx, gw = torch.autograd.grad(y, (x, w), torch.ones_like(y))
+            results.append((y, gx, gw))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
+def test_functional_accepts_ints_and_pairs():
+    case = Case(1, 4, 2, (8, 8), (3, 3), (2, 2), (1, 1), (1, 1))
+    x, w = case.tensors()
+    a = involution2d(x, w, stride=2, padding=1, dilation=1)
+    b = involution2d(x, w, stride=(2, 2), padding=[1, 1], dilation=(1, 1))
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="stride must be an int or a sequence of 2 ints"):
+        involution2d(x, w, stride=(2, 2, 2))
+    with pytest.raises(TypeError, match="padding must be an int"):
+        involution2d(x, w, padding=1.5)
+
+
+def test_cpu_autocast_runs_in_bfloat16():
+    case = Case(2, 8, 2, (9, 9), (3, 3), (1, 1), (1, 1), (1, 1))
+    x, w = case.tensors(dtype=torch.float32, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = ops.involution2d(x, w, *case.params())
+    assert y.dtype == torch.bfloat16
+    ref = involution2d_reference(x.detach().bfloat16(), w.detach().bfloat16(), *case.params())
+    torch.testing.assert_close(y.double(), ref, **DTYPE_TOLERANCES[torch.bfloat16])
+    y.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and w.grad.dtype == torch.float32
+    # float64 is left alone by autocast, as for conv2d.
+    x64, w64 = case.tensors()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ops.involution2d(x64, w64, *case.params()).dtype == torch.float64
+
+
+def test_autograd_node_is_the_cpp_one():
+    x, w = Case(1, 2, 1, (5, 5), (3, 3), (1, 1), (1, 1), (1, 1)).tensors(requires_grad=True)
+    y = ops.involution2d(x, w, [1, 1], [1, 1], [1, 1])
+    assert type(y.grad_fn).__name__ == "CppFunction"
+    assert involution.library_path.endswith((".so", ".pyd", ".dylib"))
+
+
+@pytest.mark.skipif(os.environ.get("INVOLUTION_TEST_LARGE") != "1",
+                    reason="needs ~10 GB of memory; set INVOLUTION_TEST_LARGE=1")
+def test_more_than_2_pow_31_elements():
+    # 64-bit indexing: the input and output have 2**31 + 2**17 elements each.
+    c, h, wd = 2 ** 15 + 2, 256, 256
+    x = torch.ones(1, c, h, wd, dtype=torch.bfloat16)
+    x[0, -1] = 2.0
+    w = torch.full((1, 1, 1, 1, h, wd), 0.5, dtype=torch.bfloat16)
+    y = ops.involution2d(x, w, [1, 1], [0, 0], [1, 1])
+    assert y.numel() > 2 ** 31
+    assert y[0, -1].float().mean().item() == 1.0 and y[0, -2].float().mean().item() == 0.5
