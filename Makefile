@@ -1,0 +1,46 @@
+# The two commands of the README's quick start:
+#   make bench   builds everything and runs the benchmark against the unfold formulation
+#   make test    builds everything and runs the test suite
+# Both work on a fresh machine: they create .venv, install the pinned torch and build the op
+# library (editable install, compiled once and again only when a source changes).
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_VERSION ?= 2.13.0
+PY := $(VENV)/bin/python
+SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh') setup.py
+export MAX_JOBS ?= 2
+
+.PHONY: bench test build wheel wheel-check clean
+
+$(VENV)/.deps:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==$(TORCH_VERSION) pytest numpy setuptools wheel ninja
+	touch $@
+
+$(VENV)/.built: $(VENV)/.deps $(SOURCES)
+	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
+	touch $@
+
+build: $(VENV)/.built
+
+bench: build
+	$(PY) -m involution.benchmark
+
+test: build
+	$(VENV)/bin/pytest tests
+
+wheel: $(VENV)/.deps
+	rm -rf dist
+	$(PY) -m pip wheel --quiet --no-build-isolation --no-deps -w dist .
+
+# Installs the wheel into a fresh environment holding only torch and uses it from outside
+# the source tree.
+wheel-check: wheel
+	rm -rf build/wheel-venv
+	$(PYTHON) -m venv build/wheel-venv
+	build/wheel-venv/bin/pip install --quiet torch==$(TORCH_VERSION) dist/*.whl
+	cd /tmp && $(CURDIR)/build/wheel-venv/bin/python -P $(CURDIR)/tests/wheel_smoke.py
+
+clean:
+	rm -rf build dist *.egg-info involution/_C*.so involution/version.py $(VENV)
