@@ -15,6 +15,7 @@ export MAX_JOBS ?= 2
 
 $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==$(TORCH_VERSION) pytest numpy setuptools wheel ninja
 	touch $@
 
