@@ -1,26 +1,32 @@
 """Benchmark: the involution op against the pure-PyTorch unfold formulation, on RedNet shapes.
 
-    python -m involution.benchmark                 # CPU, float32, batch 8, RedNet-50's shapes
-    python -m involution.benchmark --dtype bfloat16 --threads 1 --json out.json
+    python -m involution.benchmark                   # CPU, float32, batch 8, RedNet-50's shapes
+    python -m involution.benchmark --dtype bfloat16 --threads 1 --json out.json --plot out.png
+    python -m involution.benchmark --markdown benchmarks/RESULTS.md
 
-For each shape it times forward, backward (both gradients) and forward+backward of both
-implementations side by side (medians after warm-up), and prints the speed-up, the largest
-difference between the two outputs, and our forward's achieved memory traffic (bytes of input,
-weight and output that any implementation must move, over the time).
+Each (shape, implementation) runs in a fresh worker process, so neither inherits the other's
+heap. A worker first measures the peak memory rise of one forward+backward (max RSS on the CPU,
+the allocator's peak on CUDA), then times forward, backward (both gradients) and
+forward+backward: medians of --repeats runs after --warmup runs.
+
+The floor of a pass is the larger of its bytes over the machine's copy bandwidth and its
+multiply-adds over its matrix-multiply rate, both measured at start with the same threads.
+Bytes count each tensor the pass must read or write once: forward reads input and weight and
+writes the output; backward reads grad_output, input and weight and writes both gradients.
 """
 
 import argparse
 import json
+import os
 import platform
+import resource
 import statistics
+import subprocess
 import sys
 import time
-from typing import Callable, Dict, List, NamedTuple
+from typing import Dict, List, NamedTuple
 
 import torch
-
-import involution
-from involution.reference import involution2d_unfold
 
 
 class Shape(NamedTuple):
@@ -32,9 +38,12 @@ class Shape(NamedTuple):
     stride: int = 1
 
     @property
+    def padding(self) -> int:
+        return (self.kernel - 1) // 2
+
+    @property
     def out(self) -> int:
-        pad = (self.kernel - 1) // 2
-        return (self.size + 2 * pad - (self.kernel - 1) - 1) // self.stride + 1
+        return (self.size + 2 * self.padding - (self.kernel - 1) - 1) // self.stride + 1
 
 
 # RedNet-50 at 224x224 (DESIGN.md §5): 16 channels per group, K = 7, "same" padding.
@@ -48,83 +57,258 @@ REDNET50_SHAPES = [
     Shape("stage4", 512, 7, 32),
     Shape("stage4-s2", 512, 14, 32, stride=2),
 ]
+PASSES = ("forward", "backward", "forward+backward")
+IMPLEMENTATIONS = ("ours", "unfold")
 
 
-def median_time(fn: Callable[[], None], repeats: int, warmup: int, sync: Callable[[], None]):
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def make_inputs(shape: Shape, batch: int, dtype, device):
+    gen = torch.Generator().manual_seed(0)
+    k, o = shape.kernel, shape.out
+    x = torch.randn(batch, shape.channels, shape.size, shape.size, generator=gen)
+    w = torch.randn(batch, shape.groups, k, k, o, o, generator=gen)
+    gy = torch.randn(batch, shape.channels, o, o, generator=gen)
+    params = ([shape.stride] * 2, [shape.padding] * 2, [1, 1])
+    return x.to(device, dtype), w.to(device, dtype), gy.to(device, dtype), params
 
 
-def measure(impl, x, w, params, repeats, warmup, sync) -> Dict[str, float]:
-    """Median seconds of forward, backward (both gradients) and forward+backward."""
-    x = x.detach().requires_grad_()
-    w = w.detach().requires_grad_()
-    gy = torch.randn_like(impl(x, w, *params))
+def implementation(name: str):
+    if name == "ours":
+        import involution  # noqa: F401  (loads the op library)
+
+        return torch.ops.involution.involution2d
+    from involution.reference import involution2d_unfold
+
+    return involution2d_unfold
+
+
+def pass_bytes_and_macs(shape: Shape, batch: int, element_size: int) -> Dict[str, tuple]:
+    x = batch * shape.channels * shape.size ** 2
+    w = batch * shape.groups * shape.kernel ** 2 * shape.out ** 2
+    y = batch * shape.channels * shape.out ** 2
+    macs = y * shape.kernel ** 2
+    forward = ((x + w + y) * element_size, macs)
+    backward = ((y + x + w + x + w) * element_size, 2 * macs)
+    return {"forward": forward, "backward": backward,
+            "forward+backward": (forward[0] + backward[0], 3 * macs)}
+
+
+# ------------------------------------------------------------------------------- worker side
+
+
+def current_rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def reset_peak_rss() -> bool:
+    """Resets the kernel's high-water mark of this process's RSS (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def worker(spec: Dict) -> Dict:
+    torch.set_num_threads(spec["threads"])
+    device = torch.device(spec["device"])
+    dtype = getattr(torch, spec["dtype"])
+    shape = Shape(**spec["shape"])
+    impl = implementation(spec["impl"])
+    x, w, gy, params = make_inputs(shape, spec["batch"], dtype, device)
+    x.requires_grad_()
+    w.requires_grad_()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def forward():
         with torch.no_grad():
             impl(x, w, *params)
+
+    def forward_backward():
+        torch.autograd.grad(impl(x, w, *params), (x, w), gy)
+
+    # Peak memory of one forward+backward, before anything else ran.
+    if device.type == "cuda":
+        sync()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        forward_backward()
+        sync()
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        if not reset_peak_rss():
+            raise RuntimeError("cannot reset the peak RSS (/proc/self/clear_refs)")
+        base = current_rss()
+        forward_backward()
+        peak = max(0, peak_rss() - base)
 
     y = impl(x, w, *params)
 
     def backward():
         torch.autograd.grad(y, (x, w), gy, retain_graph=True)
 
-    def forward_backward():
-        torch.autograd.grad(impl(x, w, *params), (x, w), gy)
+    times = {}
+    for name, fn in zip(PASSES, (forward, backward, forward_backward)):
+        for _ in range(spec["warmup"]):
+            fn()
+        sync()
+        samples = []
+        for _ in range(spec["repeats"]):
+            start = time.perf_counter()
+            fn()
+            sync()
+            samples.append(time.perf_counter() - start)
+        times[name] = statistics.median(samples)
+    return {"times": times, "peak_bytes": peak}
 
-    return {
-        "forward": median_time(forward, repeats, warmup, sync),
-        "backward": median_time(backward, repeats, warmup, sync),
-        "forward+backward": median_time(forward_backward, repeats, warmup, sync),
-    }
+
+# ------------------------------------------------------------------------------- parent side
 
 
-def run_shape(shape: Shape, args, dtype, device, sync) -> Dict:
-    gen = torch.Generator().manual_seed(0)
-    b, k, o = args.batch, shape.kernel, shape.out
-    x = torch.randn(b, shape.channels, shape.size, shape.size, generator=gen).to(device, dtype)
-    w = torch.randn(b, shape.groups, k, k, o, o, generator=gen).to(device, dtype)
-    pad = (k - 1) // 2
-    params = ([shape.stride] * 2, [pad] * 2, [1, 1])
-    ours = torch.ops.involution.involution2d
+def machine_rates(device, threads: int) -> Dict[str, float]:
+    """Copy bandwidth (bytes read + written per second) and matrix-multiply rate (multiply-adds
+    per second), measured with the benchmark's thread count."""
+    torch.set_num_threads(threads)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def best(fn, n=5):
+        fn()
+        sync()
+        out = []
+        for _ in range(n):
+            start = time.perf_counter()
+            fn()
+            sync()
+            out.append(time.perf_counter() - start)
+        return min(out)
+
+    src = torch.randn(64 * 2 ** 20 // 4, device=device)  # 64 MiB, beyond the caches
+    dst = torch.empty_like(src)
+    bandwidth = 2 * src.numel() * 4 / best(lambda: dst.copy_(src))
+    n = 2048 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device)
+    macs = n ** 3 / best(lambda: a @ a)
+    return {"copy_bytes_per_s": bandwidth, "matmul_macs_per_s": macs}
+
+
+def run_worker(spec: Dict) -> Dict:
+    cmd = [sys.executable, "-m", "involution.benchmark", "--worker", json.dumps(spec)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"benchmark worker failed ({spec['impl']} {spec['shape']['name']}):\n"
+                           + out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def max_abs_diff(shape: Shape, args, dtype, device) -> float:
+    x, w, _, params = make_inputs(shape, args.batch, dtype, device)
     with torch.no_grad():
-        diff = (ours(x, w, *params).double() - involution2d_unfold(x, w, *params).double())
-    row = {
-        "shape": shape._asdict(),
-        "max_abs_diff": diff.abs().max().item(),
-        "ours": measure(ours, x, w, params, args.repeats, args.warmup, sync),
-        "unfold": measure(involution2d_unfold, x, w, params, args.repeats, args.warmup, sync),
-    }
-    elem = x.element_size()
-    row["forward_bytes"] = (x.numel() + w.numel() + b * shape.channels * o * o) * elem
-    return row
+        a = implementation("ours")(x, w, *params).double()
+        b = implementation("unfold")(x, w, *params).double()
+    return (a - b).abs().max().item()
 
 
-def format_table(rows: List[Dict], header: str) -> str:
-    lines = [header, ""]
-    cols = f"{'shape':<11} {'C':>4} {'HxW':>7} {'G':>3} {'K':>2} {'s':>2} | {'pass':<16} " \
-           f"{'ours ms':>9} {'unfold ms':>10} {'speed-up':>9} | {'fwd GB/s':>8} {'max |diff|':>10}"
+def progress(done: int, total: int, label: str) -> None:
+    width = 30
+    filled = width * done // total
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label:<24}")
+    sys.stderr.flush()
+    if done == total:
+        sys.stderr.write("\n")
+
+
+def format_table(result: Dict) -> str:
+    lines = [result["header"], ""]
+    cols = (f"{'shape':<10} {'C':>4} {'HxW':>7} {'G':>3} {'K':>2} {'s':>2} | {'pass':<16} "
+            f"{'ours ms':>8} {'unfold ms':>10} {'speed-up':>9} | {'floor ms':>8} {'x floor':>8} "
+            f"{'GB/s':>6} {'GFLOP/s':>8} | {'peak MiB ours':>13} {'unfold':>8}")
     lines += [cols, "-" * len(cols)]
-    for r in rows:
+    for r in result["rows"]:
         s = r["shape"]
-        for i, kind in enumerate(("forward", "backward", "forward+backward")):
-            ours, unfold = r["ours"][kind], r["unfold"][kind]
-            lead = (f"{s['name']:<11} {s['channels']:>4} {s['size']:>3}x{s['size']:<3} "
-                    f"{s['groups']:>3} {s['kernel']:>2} {s['stride']:>2}") if i == 0 else " " * 34
-            tail = (f"{r['forward_bytes'] / ours / 1e9:>8.1f} {r['max_abs_diff']:>10.2e}"
-                    if i == 0 else "")
-            lines.append(f"{lead} | {kind:<16} {ours * 1e3:>9.2f} {unfold * 1e3:>10.2f} "
-                         f"{unfold / ours:>8.1f}x | {tail}")
+        for i, kind in enumerate(PASSES):
+            ours, unfold = r["ours"]["times"][kind], r["unfold"]["times"][kind]
+            nbytes, macs = r["work"][kind]
+            lead = (f"{s['name']:<10} {s['channels']:>4} {s['size']:>3}x{s['size']:<3} "
+                    f"{s['groups']:>3} {s['kernel']:>2} {s['stride']:>2}") if i == 0 else " " * 33
+            memory = ""
+            if kind == "forward+backward":
+                memory = (f"{r['ours']['peak_bytes'] / 2 ** 20:>13.1f} "
+                          f"{r['unfold']['peak_bytes'] / 2 ** 20:>8.1f}")
+            lines.append(
+                f"{lead} | {kind:<16} {ours * 1e3:>8.2f} {unfold * 1e3:>10.2f} "
+                f"{unfold / ours:>8.1f}x | {r['floor'][kind] * 1e3:>8.2f} "
+                f"{ours / r['floor'][kind]:>7.1f}x {nbytes / ours / 1e9:>6.1f} "
+                f"{2 * macs / ours / 1e9:>8.1f} | {memory}")
+    lines += ["", f"max |ours - unfold| per shape: "
+              + ", ".join(f"{r['shape']['name']} {r['max_abs_diff']:.1e}" for r in result["rows"]),
+              f"peak MiB: rise of the process's peak memory during one forward+backward; "
+              f"inputs + weight + grad_output of the largest shape: "
+              f"{max(r['io_bytes'] for r in result['rows']) / 2 ** 20:.1f} MiB"]
     return "\n".join(lines)
+
+
+def write_plot(result: Dict, path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise SystemExit(f"--plot needs matplotlib ({e}); pip install matplotlib") from e
+    rows = result["rows"]
+    names = [r["shape"]["name"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    width = 0.25
+    for i, kind in enumerate(PASSES):
+        speedups = [r["unfold"]["times"][kind] / r["ours"]["times"][kind] for r in rows]
+        axes[0].bar([j + (i - 1) * width for j in range(len(rows))], speedups, width, label=kind)
+        floors = [r["ours"]["times"][kind] / r["floor"][kind] for r in rows]
+        axes[1].bar([j + (i - 1) * width for j in range(len(rows))], floors, width, label=kind)
+    axes[0].set_title("speed-up over the unfold formulation")
+    axes[1].set_title("our time / floor (1 = at the machine's limit)")
+    for ax in axes:
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels(names, rotation=30)
+        ax.legend()
+    fig.suptitle(result["header"], fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def write_markdown(result: Dict, path: str, command: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("# Benchmark results\n\n")
+        f.write(f"Generated by `{command}` on {result['date']}; regenerate with the same "
+                "command. Timings are medians on a shared machine: compare ratios within one "
+                "run.\n\n")
+        f.write(f"Machine: {result['machine']}\n\n")
+        f.write("```\n" + format_table(result) + "\n```\n")
+
+
+def machine_description(device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return (f"{model}, {os.cpu_count()} logical CPUs, torch CPU capability "
+            f"{torch.backends.cpu.get_cpu_capability()}")
 
 
 def main(argv=None) -> int:
@@ -132,38 +316,72 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32",
                         choices=["float32", "float64", "bfloat16", "float16"])
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=None, help="default: 8 on CPU, 64 on CUDA")
     parser.add_argument("--shapes", default="all",
                         help="comma-separated shape names, e.g. stage1,stage2 (default: all)")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--plot", metavar="PNG", help="also plot speed-ups and floor ratios")
+    parser.add_argument("--markdown", metavar="PATH", help="also write a results page")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dtype = getattr(torch, args.dtype)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+
     device = torch.device(args.device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if args.batch is None:
+        args.batch = 64 if device.type == "cuda" else 8
+    dtype = getattr(torch, args.dtype)
+    names = args.shapes.split(",")
     shapes = REDNET50_SHAPES if args.shapes == "all" else [
-        s for s in REDNET50_SHAPES if s.name in args.shapes.split(",")]
+        s for s in REDNET50_SHAPES if s.name in names]
     if not shapes:
         parser.error(f"no shape matches {args.shapes!r}; known: "
                      + ", ".join(s.name for s in REDNET50_SHAPES))
 
+    import involution
+
+    rates = machine_rates(device, args.threads)
     header = (f"involution {involution.__version__} vs unfold formulation | torch "
               f"{torch.__version__} | {device.type} {args.dtype} batch {args.batch} | "
-              f"{torch.get_num_threads()} threads | {platform.processor() or platform.machine()} | "
-              f"medians of {args.repeats} runs")
-    rows = []
-    for i, shape in enumerate(shapes):
-        print(f"[{i + 1}/{len(shapes)}] {shape.name} ...", file=sys.stderr, flush=True)
-        rows.append(run_shape(shape, args, dtype, device, sync))
-    print(format_table(rows, header))
+              f"{args.threads} threads | copy {rates['copy_bytes_per_s'] / 1e9:.1f} GB/s, "
+              f"matmul {2 * rates['matmul_macs_per_s'] / 1e9:.0f} GFLOP/s | "
+              f"medians of {args.repeats}")
+    result = {"header": header, "machine": machine_description(device),
+              "date": time.strftime("%Y-%m-%d"), "rates": rates, "rows": []}
+    total, done = len(shapes) * len(IMPLEMENTATIONS), 0
+    element_size = torch.empty((), dtype=dtype).element_size()
+    for shape in shapes:
+        row = {"shape": shape._asdict(), "max_abs_diff": max_abs_diff(shape, args, dtype, device)}
+        for impl in IMPLEMENTATIONS:
+            progress(done, total, f"{shape.name} {impl}")
+            row[impl] = run_worker({
+                "impl": impl, "shape": shape._asdict(), "batch": args.batch,
+                "dtype": args.dtype, "device": args.device, "threads": args.threads,
+                "repeats": args.repeats, "warmup": args.warmup})
+            done += 1
+        row["work"] = pass_bytes_and_macs(shape, args.batch, element_size)
+        row["floor"] = {k: max(b / rates["copy_bytes_per_s"], m / rates["matmul_macs_per_s"])
+                        for k, (b, m) in row["work"].items()}
+        row["io_bytes"] = (args.batch * shape.channels * (shape.size ** 2 + shape.out ** 2)
+                           + args.batch * shape.groups * shape.kernel ** 2 * shape.out ** 2
+                           ) * element_size
+        result["rows"].append(row)
+    progress(total, total, "done")
+
+    print(format_table(result))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"header": header, "rows": rows}, f, indent=2)
+            json.dump(result, f, indent=2)
+    if args.plot:
+        write_plot(result, args.plot)
+    if args.markdown:
+        write_markdown(result, args.markdown,
+                       "python -m involution.benchmark " + " ".join(argv or sys.argv[1:]))
     return 0
 
 

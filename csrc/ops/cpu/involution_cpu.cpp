@@ -1,14 +1,16 @@
 #include "involution_cpu.h"
 
 #include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 
 #include <algorithm>
+#include <string>
+
+#include <ATen/Version.h>
 
 #include "../checks.h"
-#include "involution_kernels.h"
+#include "kernel_table.h"
 
 namespace involution {
 namespace cpu {
@@ -21,6 +23,28 @@ template <typename F>
 void parallel_rows(int64_t tasks, int64_t row_work, const F& kernel) {
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, row_work));
   at::parallel_for(0, tasks, grain, kernel);
+}
+
+// The kernels of the best instruction set that both the machine and ATen's CPU capability
+// (which ATEN_CPU_CAPABILITY=default|avx2|avx512 can lower) allow.
+const KernelTable& kernels() {
+  static const KernelTable* table = [] {
+    const KernelTable* t = nullptr;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    const std::string capability = at::get_cpu_capability();
+    if (capability == "AVX512" && __builtin_cpu_supports("avx512f") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512dq")) {
+      t = kernel_table_avx512();
+    }
+    if (t == nullptr && (capability == "AVX512" || capability == "AVX2") &&
+        __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+      t = kernel_table_avx2();
+    }
+#endif
+    return t != nullptr ? t : kernel_table_default();
+  }();
+  return *table;
 }
 
 at::Tensor empty_like_sizes(const std::vector<c10::SymInt>& sizes, const at::Tensor& like) {
@@ -38,15 +62,14 @@ at::Tensor forward(const char* op, int64_t dims, const at::Tensor& input, const 
   const at::Tensor x = input.contiguous();
   const at::Tensor w = weight.contiguous();
   const Geometry g = detail::make_geometry(dims, x.sizes(), w.sizes(), stride, padding, dilation);
-  const int64_t tasks = g.batch * g.groups * g.out[0] * g.out[1];
+  const int64_t tasks = output_row_tasks(g);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "involution_forward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* x_ptr = x.const_data_ptr<scalar_t>();
     const scalar_t* w_ptr = w.const_data_ptr<scalar_t>();
     scalar_t* y_ptr = output.mutable_data_ptr<scalar_t>();
-    parallel_rows(tasks, g.channels_per_group() * g.taps() * g.out[2],
+    parallel_rows(tasks, kRowsPerTask * g.channels_per_group() * g.taps() * g.out[2],
                   [&](int64_t begin, int64_t end) {
-                    cpu::forward<scalar_t, acc_t>(g, x_ptr, w_ptr, y_ptr, begin, end);
+                    kernels().get<scalar_t>().forward(g, x_ptr, w_ptr, y_ptr, begin, end);
                   });
   });
   return output;
@@ -66,15 +89,14 @@ at::Tensor backward_input(const char* op, int64_t dims, const at::Tensor& grad_o
   const at::Tensor w = weight.contiguous();
   const Geometry g =
       detail::make_geometry(dims, grad_input.sizes(), w.sizes(), stride, padding, dilation);
-  const int64_t tasks = g.batch * g.groups * g.in[0] * g.in[1];
+  const int64_t tasks = input_row_tasks(g);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gy.scalar_type(), "involution_backward_input_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* gy_ptr = gy.const_data_ptr<scalar_t>();
     const scalar_t* w_ptr = w.const_data_ptr<scalar_t>();
     scalar_t* gx_ptr = grad_input.mutable_data_ptr<scalar_t>();
-    parallel_rows(tasks, g.channels_per_group() * g.taps() * g.in[2],
+    parallel_rows(tasks, kRowsPerTask * g.channels_per_group() * g.taps() * g.in[2],
                   [&](int64_t begin, int64_t end) {
-                    cpu::backward_input<scalar_t, acc_t>(g, gy_ptr, w_ptr, gx_ptr, begin, end);
+                    kernels().get<scalar_t>().backward_input(g, gy_ptr, w_ptr, gx_ptr, begin, end);
                   });
   });
   return grad_input;
@@ -94,15 +116,14 @@ at::Tensor backward_weight(const char* op, int64_t dims, const at::Tensor& grad_
   const at::Tensor x = input.contiguous();
   const Geometry g =
       detail::make_geometry(dims, x.sizes(), grad_weight.sizes(), stride, padding, dilation);
-  const int64_t tasks = g.batch * g.groups * g.out[0] * g.out[1];
+  const int64_t tasks = output_row_tasks(g);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gy.scalar_type(), "involution_backward_weight_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* gy_ptr = gy.const_data_ptr<scalar_t>();
     const scalar_t* x_ptr = x.const_data_ptr<scalar_t>();
     scalar_t* gw_ptr = grad_weight.mutable_data_ptr<scalar_t>();
-    parallel_rows(tasks, g.channels_per_group() * g.taps() * g.out[2],
+    parallel_rows(tasks, kRowsPerTask * g.channels_per_group() * g.taps() * g.out[2],
                   [&](int64_t begin, int64_t end) {
-                    cpu::backward_weight<scalar_t, acc_t>(g, gy_ptr, x_ptr, gw_ptr, begin, end);
+                    kernels().get<scalar_t>().backward_weight(g, gy_ptr, x_ptr, gw_ptr, begin, end);
                   });
   });
   return grad_weight;

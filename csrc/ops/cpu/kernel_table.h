@@ -1,0 +1,70 @@
+#pragma once
+// The CPU kernels of each instruction set, as tables of function pointers.
+//
+// kernels_default.cpp, kernels_avx2.cpp and kernels_avx512.cpp each compile
+// involution_kernels.h for one instruction set; involution_cpu.cpp picks the best table the
+// machine supports (ATen's CPU capability, so ATEN_CPU_CAPABILITY=default|avx2|avx512 applies).
+// Every header the kernels need is included here, before any target region begins.
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "../geometry.h"
+
+namespace involution {
+namespace cpu {
+
+// Floor and ceiling of a / b for b > 0 (C++ division truncates toward zero).
+inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+inline int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
+
+// A task writes a block of this many (b, g, depth, height) rows: see involution_kernels.h.
+constexpr int64_t kRowsPerTask = 8;
+
+// Tasks of forward and backward_weight (blocks of output rows) and of backward_input (blocks of
+// input rows).
+inline int64_t output_row_tasks(const Geometry& g) {
+  return g.batch * g.groups * g.out[0] * ceil_div(g.out[1], kRowsPerTask);
+}
+inline int64_t input_row_tasks(const Geometry& g) {
+  return g.batch * g.groups * g.in[0] * ceil_div(g.in[1], kRowsPerTask);
+}
+
+// Each kernel computes tasks [begin, end).
+template <typename scalar_t>
+struct Kernels {
+  using Fn = void (*)(const Geometry&, const scalar_t*, const scalar_t*, scalar_t*, int64_t,
+                      int64_t);
+  Fn forward;          // (g, x, w, y, ...)
+  Fn backward_input;   // (g, grad_y, w, grad_x, ...)
+  Fn backward_weight;  // (g, grad_y, x, grad_w, ...)
+};
+
+struct KernelTable {
+  Kernels<double> f64;
+  Kernels<float> f32;
+  Kernels<c10::Half> f16;
+  Kernels<c10::BFloat16> bf16;
+
+  template <typename T>
+  const Kernels<T>& get() const {
+    if constexpr (std::is_same_v<T, double>) return f64;
+    else if constexpr (std::is_same_v<T, float>) return f32;
+    else if constexpr (std::is_same_v<T, c10::Half>) return f16;
+    else return bf16;
+  }
+};
+
+// Null when the build or the compiler lacks that instruction set.
+const KernelTable* kernel_table_default();
+const KernelTable* kernel_table_avx2();
+const KernelTable* kernel_table_avx512();
+
+}  // namespace cpu
+}  // namespace involution

@@ -1,0 +1,41 @@
+// The CPU kernels compiled for AVX2, used when the machine has it.
+
+#include "kernel_table.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#endif
+#define INVOLUTION_CPU_ISA avx2
+#include "involution_kernels.h"
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+namespace involution {
+namespace cpu {
+
+const KernelTable* kernel_table_avx2() {
+  static const KernelTable table = avx2::make_table<8>();
+  return &table;
+}
+
+}  // namespace cpu
+}  // namespace involution
+
+#else
+
+namespace involution {
+namespace cpu {
+
+const KernelTable* kernel_table_avx2() { return nullptr; }
+
+}  // namespace cpu
+}  // namespace involution
+
+#endif
