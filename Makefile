@@ -11,12 +11,12 @@ PY := $(VENV)/bin/python
 SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh') setup.py
 export MAX_JOBS ?= 2
 
-.PHONY: bench test build wheel wheel-check clean
+.PHONY: bench test build results wheel wheel-check clean
 
 $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==$(TORCH_VERSION) pytest numpy setuptools wheel ninja
+	$(PY) -m pip install --quiet torch==$(TORCH_VERSION) pytest numpy setuptools wheel ninja matplotlib
 	touch $@
 
 $(VENV)/.built: $(VENV)/.deps $(SOURCES)
@@ -30,6 +30,11 @@ bench: build
 
 test: build
 	$(VENV)/bin/pytest tests
+
+# Regenerates benchmarks/RESULTS.md: float32 and bfloat16 with 2 threads, float32 with 1 thread.
+results: build
+	$(PY) -m involution.benchmark --dtype float32,bfloat16 --threads 2,1 \
+		--markdown benchmarks/RESULTS.md --plot benchmarks/results.png --json benchmarks/results.json
 
 wheel: $(VENV)/.deps
 	rm -rf dist

@@ -68,6 +68,35 @@ def test_forward_and_gradients_match_reference(case):
     torch.testing.assert_close(gw, ref_gw, **DTYPE_TOLERANCES[torch.float64])
 
 
+# The CPU kernels work on blocks: 8 channels of a group, 8 rows, one SIMD register of columns
+# (2 to 16 lanes by dtype and instruction set). These cases straddle every block boundary.
+BLOCK_CASES = [
+    Case(2, 16, 1, (19, 21), (3, 5), (1, 1), (1, 2), (1, 1)),   # 2 full channel blocks
+    Case(1, 18, 2, (17, 9), (3, 3), (2, 2), (2, 1), (2, 1)),    # 8 + 1 channels, strided
+    Case(1, 34, 2, (9, 33), (7, 7), (1, 1), (3, 3), (1, 1)),    # 16 + 1 channels, wide rows
+    Case(2, 8, 1, (25, 5), (5, 2), (3, 1), (2, 0), (1, 3)),     # rows in 3 blocks, tiny width
+    Case(1, 24, 3, (8, 40), (1, 7), (1, 3), (0, 3), (1, 2)),    # exactly one row block
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", BLOCK_CASES, ids=case_id)
+def test_block_boundaries(case, dtype):
+    x, w = case.tensors(dtype=dtype, requires_grad=True)
+    y = ops.involution2d(x, w, *case.params())
+    x64 = x.detach().double().requires_grad_()
+    w64 = w.detach().double().requires_grad_()
+    ref = involution2d_reference(x64, w64, *case.params())
+    tol = DTYPE_TOLERANCES[dtype]
+    scale = (case.channels // case.groups * case.kernel[0] * case.kernel[1]) ** 0.5
+    torch.testing.assert_close(y.double(), ref, atol=tol["atol"] * scale, rtol=tol["rtol"])
+    grad = torch.randn_like(y)
+    gx, gw = torch.autograd.grad(y, (x, w), grad)
+    ref_gx, ref_gw = torch.autograd.grad(ref, (x64, w64), grad.double())
+    torch.testing.assert_close(gx.double(), ref_gx, atol=tol["atol"] * scale, rtol=tol["rtol"])
+    torch.testing.assert_close(gw.double(), ref_gw, atol=tol["atol"] * scale, rtol=tol["rtol"])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("case", CASES[:8], ids=case_id)
 def test_dtypes(case, dtype):

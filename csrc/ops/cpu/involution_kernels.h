@@ -217,7 +217,9 @@ template <typename scalar_t, typename acc_t, int Lanes>
 void forward(const Geometry& g, const scalar_t* x, const scalar_t* w, scalar_t* y, int64_t begin,
              int64_t end) {
   using V = typename Simd<acc_t, Lanes>::type;
-  constexpr int CB = 4;  // channels sharing each weight load
+  // Channels sharing each weight load; also the independent accumulators that hide the
+  // multiply-add latency.
+  constexpr int CB = 8;
   const int64_t OD = g.out[0], OH = g.out[1], OW = g.out[2];
   const int64_t KH = g.kernel[1], KW = g.kernel[2];
   const int64_t cpg = g.channels_per_group(), taps = g.taps(), out_volume = g.out_volume();
@@ -248,26 +250,32 @@ void forward(const Geometry& g, const scalar_t* x, const scalar_t* w, scalar_t* 
       scalar_t* y_row = y + c0 * out_volume + (od * OH + oh) * OW;
       auto block = [&](auto channels, int64_t c, int64_t j0) {
         constexpr int NB = decltype(channels)::value;
+        const int64_t w_tap_stride = kRowsPerTask * ow_padded, kw_count = KW;
         V acc[NB] = {};
         for (int64_t kd = slab.kd_lo; kd < slab.kd_lo + slab.kd_count; ++kd) {
           for (int64_t u = kh.lo; u < kh.hi; ++u) {
             const acc_t* w_tap = w_staged.data() +
                                  (((kd * KH + u) * KW) * kRowsPerTask + (oh - oh0)) * ow_padded + j0;
             const acc_t* x_row = slab.row(g, kd, oh, u) + c * slab.channel_stride + j0;
-            for (int64_t v = 0; v < KW; ++v) {
-              const V wv = load<V>(w_tap + v * kRowsPerTask * ow_padded);
-              const acc_t* xp = x_row + column_offset[v];
-              for (int cb = 0; cb < NB; ++cb) acc[cb] += wv * load<V>(xp + cb * slab.channel_stride);
+            const acc_t* xc[NB];
+            for (int cb = 0; cb < NB; ++cb) xc[cb] = x_row + cb * slab.channel_stride;
+            for (int64_t v = 0; v < kw_count; ++v) {
+              const V wv = load<V>(w_tap + v * w_tap_stride);
+              const int64_t off = column_offset[v];
+              for (int cb = 0; cb < NB; ++cb) acc[cb] += wv * load<V>(xc[cb] + off);
             }
           }
         }
         const int64_t count = std::min<int64_t>(Lanes, OW - j0);
         for (int cb = 0; cb < NB; ++cb) store(y_row + (c + cb) * out_volume + j0, acc[cb], count);
       };
-      for (int64_t j0 = 0; j0 < OW; j0 += Lanes) {
-        int64_t c = 0;
-        for (; c + CB <= cpg; c += CB) block(std::integral_constant<int, CB>(), c, j0);
-        for (; c < cpg; ++c) block(std::integral_constant<int, 1>(), c, j0);
+      // Channel blocks outermost: one block's staged rows and the row's weights stay in L1.
+      int64_t c = 0;
+      for (; c + CB <= cpg; c += CB) {
+        for (int64_t j0 = 0; j0 < OW; j0 += Lanes) block(std::integral_constant<int, CB>(), c, j0);
+      }
+      for (; c < cpg; ++c) {
+        for (int64_t j0 = 0; j0 < OW; j0 += Lanes) block(std::integral_constant<int, 1>(), c, j0);
       }
     }
   }
@@ -349,7 +357,7 @@ template <typename scalar_t, typename acc_t, int Lanes>
 void backward_input(const Geometry& g, const scalar_t* grad_y, const scalar_t* w,
                     scalar_t* grad_x, int64_t begin, int64_t end) {
   using V = typename Simd<acc_t, Lanes>::type;
-  constexpr int CB = 4;  // channels sharing each weight load
+  constexpr int CB = 8;  // channels sharing each weight load (and independent accumulators)
   const int64_t D = g.in[0], H = g.in[1], W = g.in[2];
   const int64_t OD = g.out[0], OH = g.out[1], OW = g.out[2];
   const int64_t KD = g.kernel[0], KH = g.kernel[1], KW = g.kernel[2];
@@ -422,6 +430,7 @@ void backward_input(const Geometry& g, const scalar_t* grad_y, const scalar_t* w
       scalar_t* gx_row = grad_x + c0 * in_volume + (id * H + ih) * W;
       auto block = [&](auto channels, int64_t c, int64_t x0) {
         constexpr int NB = decltype(channels)::value;
+        const int64_t kw_count = KW, dilation = g.dilation[2];
         V acc[NB] = {};
         for (int64_t kd = 0; kd < KD; ++kd) {
           if (od_of[kd] < 0) continue;
@@ -431,20 +440,24 @@ void backward_input(const Geometry& g, const scalar_t* grad_y, const scalar_t* w
             const acc_t* gy_row = gy_staged.data() + c * gy_channel_stride +
                                   (kd * out_rows + oh - oh_first) * len + x0;
             const acc_t* w_tap = w_staged.data() + ((kd * kRowsPerTask + ih - ih0) * KH + kh) * KW * len + x0;
-            for (int64_t kw = 0; kw < KW; ++kw) {
-              const int64_t q = (KW - 1 - kw) * g.dilation[2];
+            const acc_t* gyc[NB];
+            for (int cb = 0; cb < NB; ++cb) gyc[cb] = gy_row + cb * gy_channel_stride;
+            for (int64_t kw = 0; kw < kw_count; ++kw) {
+              const int64_t q = (kw_count - 1 - kw) * dilation;
               const V wv = load<V>(w_tap + kw * len + q);
-              for (int cb = 0; cb < NB; ++cb) acc[cb] += wv * load<V>(gy_row + cb * gy_channel_stride + q);
+              for (int cb = 0; cb < NB; ++cb) acc[cb] += wv * load<V>(gyc[cb] + q);
             }
           }
         }
         const int64_t count = std::min<int64_t>(Lanes, W - x0);
         for (int cb = 0; cb < NB; ++cb) store(gx_row + (c + cb) * in_volume + x0, acc[cb], count);
       };
-      for (int64_t x0 = 0; x0 < W; x0 += Lanes) {
-        int64_t c = 0;
-        for (; c + CB <= cpg; c += CB) block(std::integral_constant<int, CB>(), c, x0);
-        for (; c < cpg; ++c) block(std::integral_constant<int, 1>(), c, x0);
+      int64_t c = 0;
+      for (; c + CB <= cpg; c += CB) {
+        for (int64_t x0 = 0; x0 < W; x0 += Lanes) block(std::integral_constant<int, CB>(), c, x0);
+      }
+      for (; c < cpg; ++c) {
+        for (int64_t x0 = 0; x0 < W; x0 += Lanes) block(std::integral_constant<int, 1>(), c, x0);
       }
     }
   }
