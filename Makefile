@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh') setup.py
 export MAX_JOBS ?= 2
 
-.PHONY: bench test build results wheel wheel-check clean
+.PHONY: bench test build results cpp cpp-test wheel wheel-check clean
 
 $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,22 @@ test: build
 results: build
 	$(PY) -m involution.benchmark --dtype float32,bfloat16 --threads 2,1 \
 		--markdown benchmarks/RESULTS.md --plot benchmarks/results.png --json benchmarks/results.json
+
+# The C++ library with CMake (same sources), its tests, the install, and examples/cpp built
+# against the installed package as an outside project would.
+TORCH_CMAKE = $$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')
+cpp: build
+	cmake -S . -B build/cmake -G Ninja -DCMAKE_PREFIX_PATH="$(TORCH_CMAKE)" \
+		-DINVOLUTION_PYTHON=$(CURDIR)/$(PY)
+	cmake --build build/cmake
+	rm -rf build/install && cmake --install build/cmake --prefix build/install
+
+cpp-test: cpp
+	ctest --test-dir build/cmake --output-on-failure
+	cmake -S examples/cpp -B build/example -G Ninja -DCMAKE_PREFIX_PATH=$(CURDIR)/build/install
+	cmake --build build/example
+	$(PY) tests/cpp/save_scripted_model.py build/scripted.pt
+	build/example/involution_example build/scripted.pt
 
 wheel: $(VENV)/.deps
 	rm -rf dist

@@ -16,7 +16,7 @@ from setuptools import find_packages, setup
 from torch.utils.cpp_extension import BuildExtension, CppExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-VERSION = "0.1.0"
+VERSION = "0.1.0"  # keep in step with CMakeLists.txt and csrc/ops/library.cpp
 
 
 def write_version_file():
@@ -42,6 +42,7 @@ def extension():
         # keeps short row copies from becoming libc calls; -fopenmp makes at::parallel_for
         # parallel (its OpenMP runtime is the one torch already loaded: no -lgomp).
         extra_compile_args={"cxx": ["-O3", "-ffp-contract=fast", "-fno-tree-loop-distribute-patterns", "-fopenmp", "-fvisibility=hidden"]},
+        define_macros=[("INVOLUTION_BUILDING_LIBRARY", None)],
         py_limited_api=True,
     )
 

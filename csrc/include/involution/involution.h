@@ -14,9 +14,35 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/SymInt.h>
 
+#include <cstdint>
+
+#if defined(_WIN32)
+#if defined(INVOLUTION_BUILDING_LIBRARY)
+#define INVOLUTION_API __declspec(dllexport)
+#else
+#define INVOLUTION_API __declspec(dllimport)
+#endif
+#else
+#define INVOLUTION_API __attribute__((visibility("default")))
+#endif
+
 namespace involution {
 
-at::Tensor involution2d(const at::Tensor& input, const at::Tensor& weight,
+// The library's version, major * 10000 + minor * 100 + patch.
+INVOLUTION_API int64_t version();
+
+namespace detail {
+// Every program that includes this header references version(), so the linker keeps the op
+// library even when the program calls none of its functions (e.g. one that only loads a
+// TorchScript file using the ops); without it, --as-needed linking drops the library and
+// loading fails with "Unknown builtin op: involution::involution2d".
+#if defined(__GNUC__)
+[[gnu::used]]
+#endif
+static int64_t (*const link_anchor)() = &version;
+}  // namespace detail
+
+INVOLUTION_API at::Tensor involution2d(const at::Tensor& input, const at::Tensor& weight,
                         at::IntArrayRef stride = {1, 1}, at::IntArrayRef padding = {0, 0},
                         at::IntArrayRef dilation = {1, 1});
 
@@ -24,12 +50,12 @@ namespace detail {
 
 // The gradients of involution2d, themselves registered ops (so double backward works).
 // Gradient with respect to the input, of spatial size input_size (H, W).
-at::Tensor involution2d_backward_input(const at::Tensor& grad_output, const at::Tensor& weight,
+INVOLUTION_API at::Tensor involution2d_backward_input(const at::Tensor& grad_output, const at::Tensor& weight,
                                        c10::SymIntArrayRef input_size, at::IntArrayRef stride,
                                        at::IntArrayRef padding, at::IntArrayRef dilation);
 
 // Gradient with respect to the weight, of kernel size (KH, KW) with `groups` groups.
-at::Tensor involution2d_backward_weight(const at::Tensor& grad_output, const at::Tensor& input,
+INVOLUTION_API at::Tensor involution2d_backward_weight(const at::Tensor& grad_output, const at::Tensor& input,
                                         at::IntArrayRef kernel_size, int64_t groups,
                                         at::IntArrayRef stride, at::IntArrayRef padding,
                                         at::IntArrayRef dilation);
