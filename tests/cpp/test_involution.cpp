@@ -46,8 +46,11 @@ void reference(const at::Tensor& x, const at::Tensor& w, const at::Tensor& g, co
   y = torch::zeros({B, C, OH, OW}, x.options());
   gx = torch::zeros_like(x);
   gw = torch::zeros_like(w);
-  auto X = x.accessor<double, 4>(), Wt = w.accessor<double, 6>(), Gy = g.accessor<double, 4>();
-  auto Y = y.accessor<double, 4>(), GX = gx.accessor<double, 4>();
+  auto X = x.accessor<double, 4>();
+  auto Wt = w.accessor<double, 6>();
+  auto Gy = g.accessor<double, 4>();
+  auto Y = y.accessor<double, 4>();
+  auto GX = gx.accessor<double, 4>();
   auto GW = gw.accessor<double, 6>();
   for (int64_t b = 0; b < B; ++b)
     for (int64_t c = 0; c < C; ++c)
