@@ -177,6 +177,17 @@ def test_batch_zero_and_empty_channels():
         assert (w.grad == 0).all()
 
 
+def test_input_without_rows_but_with_padding():
+    # H = 0 with padding 1 and a 1x1 kernel: two output rows, every tap reads padding.
+    case = Case(1, 2, 1, (0, 3), (1, 1), (1, 1), (1, 1), (1, 1))
+    assert case.out == (2, 5)
+    x, w = case.tensors(requires_grad=True)
+    y = ops.involution2d(x, w, *case.params())
+    assert y.shape == (1, 2, 2, 5) and (y == 0).all()
+    gx, gw = torch.autograd.grad(y, (x, w), torch.ones_like(y))
+    assert gx.shape == x.shape and (gw == 0).all()
+
+
 def test_input_smaller_than_kernel_with_padding():
     # H = 1 with padding 3: most taps are padding; the output is still well defined.
     case = Case(2, 3, 1, (1, 2), (7, 7), (1, 1), (3, 3), (1, 1))
@@ -240,6 +251,24 @@ def test_functional_accepts_ints_and_pairs():
         involution2d(x, w, stride=(2, 2, 2))
     with pytest.raises(TypeError, match="padding must be an int"):
         involution2d(x, w, padding=1.5)
+
+
+def test_bfloat16_rounding_and_special_values_match_torch():
+    # The kernels narrow float32 sums to bfloat16 on the bits: the result must be what torch's
+    # own conversion gives, NaN and infinities included (1x1 kernel of ones: y == x).
+    x = torch.tensor([1.0, -2.5, 3.00390625, 1e-40, 65504.0, float("inf"), float("-inf"),
+                      float("nan"), 1.0 + 2 ** -8, 1.0 + 3 * 2 ** -8] * 3).view(1, 1, 3, 10)
+    w = torch.ones(1, 1, 1, 1, 3, 10)
+    y = ops.involution2d(x.bfloat16(), w.bfloat16(), [1, 1], [0, 0], [1, 1])
+    ref = x.bfloat16()
+    assert torch.equal(y.isnan(), ref.isnan())
+    assert torch.equal(y[~y.isnan()], ref[~ref.isnan()])
+    # Sums that need rounding: 1 + 2**-8 (a tie, rounds to even) and 1 + 3 * 2**-8.
+    two = torch.ones(1, 1, 1, 2, 1, 2).bfloat16()
+    pair = torch.tensor([[[[1.0, 2 ** -8], [1.0, 3 * 2 ** -8]]]]).bfloat16().view(1, 1, 1, 4)
+    y = ops.involution2d(pair, two, [1, 2], [0, 0], [1, 1])
+    expected = (pair.float().view(1, 1, 1, 2, 2).sum(-1)).bfloat16().view(1, 1, 1, 2)
+    assert torch.equal(y, expected)
 
 
 def test_cpu_autocast_runs_in_bfloat16():

@@ -2,12 +2,11 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/Version.h>
 #include <ATen/ops/empty.h>
 
 #include <algorithm>
 #include <string>
-
-#include <ATen/Version.h>
 
 #include "../checks.h"
 #include "kernel_table.h"
@@ -16,14 +15,6 @@ namespace involution {
 namespace cpu {
 
 namespace {
-
-// Runs kernel(begin, end) over `tasks` rows in parallel, each row costing about `row_work`
-// multiply-adds; chunks are large enough to amortise the thread hand-off.
-template <typename F>
-void parallel_rows(int64_t tasks, int64_t row_work, const F& kernel) {
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, row_work));
-  at::parallel_for(0, tasks, grain, kernel);
-}
 
 // The kernels of the best instruction set that both the machine and ATen's CPU capability
 // (which ATEN_CPU_CAPABILITY=default|avx2|avx512 can lower) allow.
@@ -51,6 +42,25 @@ at::Tensor empty_like_sizes(const std::vector<c10::SymInt>& sizes, const at::Ten
   return at::empty(C10_AS_INTARRAYREF_SLOW(sizes), like.options());
 }
 
+// out = kernel(a, b) over `tasks` tasks in parallel, with the kernel that `pick` chooses from
+// the table of a's dtype. a, b and out are contiguous; a task costs about
+// kRowsPerTask * C/G * taps * row_width multiply-adds.
+template <typename Pick>
+void run(const Geometry& g, int64_t tasks, int64_t row_width,
+         const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, const Pick& pick) {
+  const int64_t task_work = kRowsPerTask * g.channels_per_group() * g.taps() * row_width;
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, task_work));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "involution_cpu", [&] {
+    const auto kernel = pick(kernels().get<scalar_t>());
+    const scalar_t* a_ptr = a.const_data_ptr<scalar_t>();
+    const scalar_t* b_ptr = b.const_data_ptr<scalar_t>();
+    scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
+      kernel(g, a_ptr, b_ptr, out_ptr, begin, end);
+    });
+  });
+}
+
 }  // namespace
 
 at::Tensor forward(const char* op, int64_t dims, const at::Tensor& input, const at::Tensor& weight,
@@ -62,16 +72,8 @@ at::Tensor forward(const char* op, int64_t dims, const at::Tensor& input, const 
   const at::Tensor x = input.contiguous();
   const at::Tensor w = weight.contiguous();
   const Geometry g = detail::make_geometry(dims, x.sizes(), w.sizes(), stride, padding, dilation);
-  const int64_t tasks = output_row_tasks(g);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "involution_forward_cpu", [&] {
-    const scalar_t* x_ptr = x.const_data_ptr<scalar_t>();
-    const scalar_t* w_ptr = w.const_data_ptr<scalar_t>();
-    scalar_t* y_ptr = output.mutable_data_ptr<scalar_t>();
-    parallel_rows(tasks, kRowsPerTask * g.channels_per_group() * g.taps() * g.out[2],
-                  [&](int64_t begin, int64_t end) {
-                    kernels().get<scalar_t>().forward(g, x_ptr, w_ptr, y_ptr, begin, end);
-                  });
-  });
+  run(g, output_row_tasks(g), g.out[2], x, w, output,
+      [](const auto& k) { return k.forward; });
   return output;
 }
 
@@ -89,16 +91,8 @@ at::Tensor backward_input(const char* op, int64_t dims, const at::Tensor& grad_o
   const at::Tensor w = weight.contiguous();
   const Geometry g =
       detail::make_geometry(dims, grad_input.sizes(), w.sizes(), stride, padding, dilation);
-  const int64_t tasks = input_row_tasks(g);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gy.scalar_type(), "involution_backward_input_cpu", [&] {
-    const scalar_t* gy_ptr = gy.const_data_ptr<scalar_t>();
-    const scalar_t* w_ptr = w.const_data_ptr<scalar_t>();
-    scalar_t* gx_ptr = grad_input.mutable_data_ptr<scalar_t>();
-    parallel_rows(tasks, kRowsPerTask * g.channels_per_group() * g.taps() * g.in[2],
-                  [&](int64_t begin, int64_t end) {
-                    kernels().get<scalar_t>().backward_input(g, gy_ptr, w_ptr, gx_ptr, begin, end);
-                  });
-  });
+  run(g, input_row_tasks(g), g.in[2], gy, w, grad_input,
+      [](const auto& k) { return k.backward_input; });
   return grad_input;
 }
 
@@ -116,16 +110,8 @@ at::Tensor backward_weight(const char* op, int64_t dims, const at::Tensor& grad_
   const at::Tensor x = input.contiguous();
   const Geometry g =
       detail::make_geometry(dims, x.sizes(), grad_weight.sizes(), stride, padding, dilation);
-  const int64_t tasks = output_row_tasks(g);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gy.scalar_type(), "involution_backward_weight_cpu", [&] {
-    const scalar_t* gy_ptr = gy.const_data_ptr<scalar_t>();
-    const scalar_t* x_ptr = x.const_data_ptr<scalar_t>();
-    scalar_t* gw_ptr = grad_weight.mutable_data_ptr<scalar_t>();
-    parallel_rows(tasks, kRowsPerTask * g.channels_per_group() * g.taps() * g.out[2],
-                  [&](int64_t begin, int64_t end) {
-                    kernels().get<scalar_t>().backward_weight(g, gy_ptr, x_ptr, gw_ptr, begin, end);
-                  });
-  });
+  run(g, output_row_tasks(g), g.out[2], gy, x, grad_weight,
+      [](const auto& k) { return k.backward_weight; });
   return grad_weight;
 }
 

@@ -67,12 +67,30 @@ inline V load(const T* p) {
 
 inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
+// bfloat16 <-> float on the bits, in loops the compiler vectorises (c10's conversions are
+// per element). Narrowing rounds to nearest even and maps NaN to 0x7FC0, as c10 does.
+inline float bfloat16_to_float(uint16_t h) {
+  const uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+inline uint16_t float_to_bfloat16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof(bits));
+  const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+  return (bits & 0x7FFFFFFFu) > 0x7F800000u ? uint16_t(0x7FC0) : static_cast<uint16_t>(rounded);
+}
+
 // Writes lanes [0, count) of v to out, converting to the storage type.
 template <typename scalar_t, typename V>
 inline void store(scalar_t* out, const V& v, int64_t count) {
   if (count == static_cast<int64_t>(sizeof(V) / sizeof(v[0])) &&
       sizeof(scalar_t) == sizeof(v[0])) {
     std::memcpy(out, &v, sizeof(V));
+  } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    auto* bits = reinterpret_cast<uint16_t*>(out);
+    for (int64_t l = 0; l < count; ++l) bits[l] = float_to_bfloat16(v[l]);
   } else {
     for (int64_t l = 0; l < count; ++l) out[l] = static_cast<scalar_t>(v[l]);
   }
@@ -89,6 +107,10 @@ inline void copy_row(const scalar_t* src, int64_t n, acc_t* dst) {
       const V v = load<V>(src + j);
       std::memcpy(dst + j, &v, sizeof(V));
     }
+  }
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16> && std::is_same_v<acc_t, float>) {
+    const auto* bits = reinterpret_cast<const uint16_t*>(src);
+    for (; j < n; ++j) dst[j] = bfloat16_to_float(bits[j]);
   }
   for (; j < n; ++j) dst[j] = static_cast<acc_t>(src[j]);
 }
