@@ -132,6 +132,8 @@ class Involution2d(nn.Module):
             s += ", force_shape_match=True"
         return s
 
+    # The kernel branch must be built at the op's output size before the op runs, so this mirrors
+    # the conv formula of csrc/ops/checks.cpp; the op re-checks the kernel's size against it.
     def _output_extent(self, size: int, axis: int) -> int:
         k = self.kernel_size[axis]
         return (
