@@ -3,8 +3,9 @@
     import involution
     y = involution.functional.involution2d(x, kernel, stride=1, padding=3)
     layer = involution.Involution2d(64, 64, kernel_size=7, groups=4, reduce_ratio=4)
+    layer3d = involution.Involution3d(16, 16, kernel_size=3, padding=1, groups=2)
 
-The ops are registered as torch.ops.involution.* (CPU kernels, C++ autograd, meta kernels for
+The ops are registered as torch.ops.involution.involution2d/involution3d (CPU kernels, C++ autograd, meta kernels for
 torch.compile/torch.export, CPU autocast).
 """
 
@@ -13,12 +14,20 @@ from . import _library
 library_path = _library.load()
 
 from . import functional  # noqa: E402
-from .functional import involution2d  # noqa: E402
-from .modules import Involution2d  # noqa: E402
+from .functional import involution2d, involution3d  # noqa: E402
+from .modules import Involution2d, Involution3d  # noqa: E402
 
 try:
     from .version import __version__  # noqa: E402
 except ImportError:  # a source checkout that was never built
     __version__ = "unknown"
 
-__all__ = ["Involution2d", "functional", "involution2d", "library_path", "__version__"]
+__all__ = [
+    "Involution2d",
+    "Involution3d",
+    "functional",
+    "involution2d",
+    "involution3d",
+    "library_path",
+    "__version__",
+]

@@ -52,3 +52,36 @@ def involution2d(
         _expand(padding, 2, "padding"),
         _expand(dilation, 2, "dilation"),
     )
+
+
+def involution3d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    stride: IntOrPair = 1,
+    padding: IntOrPair = 0,
+    dilation: IntOrPair = 1,
+) -> torch.Tensor:
+    r"""3-D involution: :func:`involution2d` with a depth axis.
+
+    Args:
+        input: ``(B, C, D, H, W)``.
+        weight: ``(B, G, KD, KH, KW, OD, OH, OW)`` with ``C % G == 0``.
+        stride, padding, dilation: an int or a triple, as in :func:`torch.nn.functional.conv3d`.
+
+    Returns:
+        ``(B, C, OD, OH, OW)``, each output size given by the conv formula, and
+
+        .. math::
+            y_{b,c,i,j,k} = \sum_{t,u,v} w_{b,g(c),t,u,v,i,j,k}\,
+                x_{b,c,\,i s_D - p_D + t d_D,\; j s_H - p_H + u d_H,\; k s_W - p_W + v d_W}
+
+        with taps outside the volume counted as zero. Differentiable to any order; float64,
+        float32, float16 and bfloat16.
+    """
+    return torch.ops.involution.involution3d(
+        input,
+        weight,
+        _expand(stride, 3, "stride"),
+        _expand(padding, 3, "padding"),
+        _expand(dilation, 3, "dilation"),
+    )

@@ -122,3 +122,67 @@ class SeedInvolution2d(nn.Module):
         kernel = kernel.view(b, self.groups, k, kernel.shape[-2], kernel.shape[-1]).unsqueeze(2)
         out = (kernel * cols).sum(dim=3)
         return out.view(b, -1, out.shape[-2], out.shape[-1])
+
+
+def involution3d_reference(x, w, stride, padding, dilation):
+    """The 3-D tap loop: kernel times a strided slice of the zero-padded input (float64)."""
+    x, w = x.double(), w.double()
+    c = x.shape[1]
+    g, kernel, out = w.shape[1], w.shape[2:5], w.shape[5:]
+    xp = F.pad(x, (padding[2], padding[2], padding[1], padding[1], padding[0], padding[0]))
+    w_per_channel = w.repeat_interleave(c // g, dim=1)  # (B, C, KD, KH, KW, OD, OH, OW)
+    y = x.new_zeros(x.shape[0], c, *out)
+    for t in range(kernel[0]):
+        for u in range(kernel[1]):
+            for v in range(kernel[2]):
+                index = tuple(
+                    slice(k * dilation[a], k * dilation[a] + stride[a] * (out[a] - 1) + 1, stride[a])
+                    for a, k in enumerate((t, u, v))
+                )
+                y = y + w_per_channel[:, :, t, u, v] * xp[(slice(None), slice(None)) + index]
+    return y
+
+
+class Case3d(NamedTuple):
+    batch: int
+    channels: int
+    groups: int
+    size: Tuple[int, int, int]
+    kernel: Tuple[int, int, int]
+    stride: Tuple[int, int, int]
+    padding: Tuple[int, int, int]
+    dilation: Tuple[int, int, int]
+
+    @property
+    def out(self):
+        return tuple(
+            output_extent(self.size[i], self.kernel[i], self.stride[i], self.padding[i],
+                          self.dilation[i])
+            for i in range(3)
+        )
+
+    tensors = Case.tensors
+    params = Case.params
+
+
+def random_cases_3d(n: int, seed: int, max_size: int = 7) -> List[Case3d]:
+    """Random 3-D geometries: odd sizes, strides 1-2, dilation 1-2, padding 0..K, non-cubic
+    kernels, 1-3 groups."""
+    rng = random.Random(seed)
+    cases = []
+    while len(cases) < n:
+        groups = rng.randint(1, 3)
+        kernel = tuple(rng.randint(1, 3) for _ in range(3))
+        case = Case3d(
+            batch=rng.randint(1, 2),
+            channels=groups * rng.randint(1, 2),
+            groups=groups,
+            size=tuple(rng.randint(2, max_size) for _ in range(3)),
+            kernel=kernel,
+            stride=tuple(rng.randint(1, 2) for _ in range(3)),
+            padding=tuple(rng.randint(0, k) for k in kernel),
+            dilation=tuple(rng.randint(1, 2) for _ in range(3)),
+        )
+        if min(case.out) >= 1:
+            cases.append(case)
+    return cases

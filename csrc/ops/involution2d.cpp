@@ -1,5 +1,6 @@
 // The involution2d op family: schemas and the C++ API (typed dispatcher calls).
-// Kernels live in cpu/, cuda/, meta/, autograd/ and autocast/, one file per dispatch key.
+// Kernels live in cpu/, cuda/, meta/, autograd/ and autocast/, one file per dispatch key, each
+// written once as templates over the number of spatial axes for involution2d and involution3d.
 
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>

@@ -109,6 +109,17 @@ int main() {
     expect(op.schema().arguments().size() == 5, "schema has 5 arguments");
   });
 
+  run("involution3d with depth 1 equals involution2d, gradients included", [&] {
+    auto x3 = x.unsqueeze(2).requires_grad_();
+    auto w3 = w.unsqueeze(2).unsqueeze(5).requires_grad_();
+    auto y = involution::involution3d(x3, w3, {1, q.s[0], q.s[1]}, {0, q.p[0], q.p[1]},
+                                      {1, q.d[0], q.d[1]});
+    expect_close(y.squeeze(2), y_ref, "involution3d forward");
+    (y.squeeze(2) * g).sum().backward();
+    expect_close(x3.grad().squeeze(2), gx_ref, "involution3d grad input");
+    expect_close(w3.grad().squeeze(5).squeeze(2), gw_ref, "involution3d grad weight");
+  });
+
   auto expect_error = [](const std::function<void()>& call, const std::string& needle) {
     try {
       call();

@@ -10,6 +10,9 @@
 //   output (B, C, OH, OW):
 //   out[b,c,i,j] = sum_{u,v} weight[b, c/(C/G), u, v, i, j]
 //                            * input[b, c, i*sH - pH + u*dH, j*sW - pW + v*dW]  (zero outside).
+//
+// involution3d is the same with a depth axis: input (B, C, D, H, W),
+// weight (B, G, KD, KH, KW, OD, OH, OW), output (B, C, OD, OH, OW).
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/SymInt.h>
@@ -46,6 +49,10 @@ INVOLUTION_API at::Tensor involution2d(const at::Tensor& input, const at::Tensor
                         at::IntArrayRef stride = {1, 1}, at::IntArrayRef padding = {0, 0},
                         at::IntArrayRef dilation = {1, 1});
 
+INVOLUTION_API at::Tensor involution3d(const at::Tensor& input, const at::Tensor& weight,
+                        at::IntArrayRef stride = {1, 1, 1}, at::IntArrayRef padding = {0, 0, 0},
+                        at::IntArrayRef dilation = {1, 1, 1});
+
 namespace detail {
 
 // The gradients of involution2d, themselves registered ops (so double backward works).
@@ -56,6 +63,16 @@ INVOLUTION_API at::Tensor involution2d_backward_input(const at::Tensor& grad_out
 
 // Gradient with respect to the weight, of kernel size (KH, KW) with `groups` groups.
 INVOLUTION_API at::Tensor involution2d_backward_weight(const at::Tensor& grad_output, const at::Tensor& input,
+                                        at::IntArrayRef kernel_size, int64_t groups,
+                                        at::IntArrayRef stride, at::IntArrayRef padding,
+                                        at::IntArrayRef dilation);
+
+// The gradients of involution3d; input_size is (D, H, W), kernel_size (KD, KH, KW).
+INVOLUTION_API at::Tensor involution3d_backward_input(const at::Tensor& grad_output, const at::Tensor& weight,
+                                       c10::SymIntArrayRef input_size, at::IntArrayRef stride,
+                                       at::IntArrayRef padding, at::IntArrayRef dilation);
+
+INVOLUTION_API at::Tensor involution3d_backward_weight(const at::Tensor& grad_output, const at::Tensor& input,
                                         at::IntArrayRef kernel_size, int64_t groups,
                                         at::IntArrayRef stride, at::IntArrayRef padding,
                                         at::IntArrayRef dilation);

@@ -1,4 +1,4 @@
-// Autograd for the involution2d ops, registered in C++ so C++ and TorchScript callers can train.
+// Autograd for the involution2d and involution3d ops (templates over `Dims` spatial axes), registered in C++ so C++ and TorchScript callers can train.
 //
 // Y = F(X, W) is bilinear, so with T(X, W, dY) = <F(X, W), dY> all three ops are contractions of
 // one trilinear form:
@@ -13,7 +13,7 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
-#include <involution/involution.h>
+#include "../op_family.h"
 
 namespace involution {
 namespace {
@@ -37,25 +37,32 @@ Params load_params(AutogradContext* ctx) {
           ctx->saved_data["dilation"].toIntVector()};
 }
 
-// Kernel size (KH, KW) and groups of a weight (B, G, KH, KW, OH, OW). Under torch.compile the
-// sizes may be symbolic: read just these dims (Tensor::size would guard on every dim) and
-// specialise on them, as they are constants of a layer.
+// Kernel size (K...) and groups of a weight (B, G, K..., O...). Under torch.compile the sizes
+// may be symbolic: read just these dims (Tensor::size would guard on every dim) and specialise
+// on them, as they are constants of a layer.
+template <int64_t Dims>
 std::vector<int64_t> kernel_size_of(const at::Tensor& weight) {
-  return {weight.sym_size(2).guard_int(__FILE__, __LINE__),
-          weight.sym_size(3).guard_int(__FILE__, __LINE__)};
+  std::vector<int64_t> kernel_size;
+  for (int64_t i = 0; i < Dims; ++i) {
+    kernel_size.push_back(weight.sym_size(2 + i).guard_int(__FILE__, __LINE__));
+  }
+  return kernel_size;
 }
 
 int64_t groups_of(const at::Tensor& weight) {
   return weight.sym_size(1).guard_int(__FILE__, __LINE__);
 }
 
-class Involution2dFunction : public torch::autograd::Function<Involution2dFunction> {
+template <int64_t Dims>
+class ForwardFunction : public torch::autograd::Function<ForwardFunction<Dims>> {
  public:
+  using Ops = detail::OpFamily<Dims>;
+
   static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
                                const at::Tensor& weight, at::IntArrayRef stride,
                                at::IntArrayRef padding, at::IntArrayRef dilation) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    at::Tensor output = involution2d(input, weight, stride, padding, dilation);
+    at::Tensor output = Ops::forward(input, weight, stride, padding, dilation);
     ctx->save_for_backward({input, weight});
     save_params(ctx, stride, padding, dilation);
     return {output};
@@ -70,12 +77,12 @@ class Involution2dFunction : public torch::autograd::Function<Involution2dFuncti
     at::Tensor grad_input, grad_weight;
     if (grad_output.defined()) {
       if (ctx->needs_input_grad(0)) {
-        grad_input = detail::involution2d_backward_input(
+        grad_input = Ops::backward_input(
             grad_output, weight, input.sym_sizes().slice(2), p.stride, p.padding, p.dilation);
       }
       if (ctx->needs_input_grad(1)) {
-        grad_weight = detail::involution2d_backward_weight(grad_output, input,
-                                                           kernel_size_of(weight), groups_of(weight),
+        grad_weight = Ops::backward_weight(grad_output, input,
+                                                           kernel_size_of<Dims>(weight), groups_of(weight),
                                                            p.stride, p.padding, p.dilation);
       }
     }
@@ -83,15 +90,17 @@ class Involution2dFunction : public torch::autograd::Function<Involution2dFuncti
   }
 };
 
-class Involution2dBackwardInputFunction
-    : public torch::autograd::Function<Involution2dBackwardInputFunction> {
+template <int64_t Dims>
+class BackwardInputFunction : public torch::autograd::Function<BackwardInputFunction<Dims>> {
  public:
+  using Ops = detail::OpFamily<Dims>;
+
   static variable_list forward(AutogradContext* ctx, const at::Tensor& grad_output,
                                const at::Tensor& weight, c10::SymIntArrayRef input_size,
                                at::IntArrayRef stride, at::IntArrayRef padding,
                                at::IntArrayRef dilation) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    at::Tensor grad_input = detail::involution2d_backward_input(grad_output, weight, input_size,
+    at::Tensor grad_input = Ops::backward_input(grad_output, weight, input_size,
                                                                 stride, padding, dilation);
     ctx->save_for_backward({grad_output, weight});
     save_params(ctx, stride, padding, dilation);
@@ -107,10 +116,10 @@ class Involution2dBackwardInputFunction
     at::Tensor d_grad_output, d_weight;
     if (a.defined()) {
       if (ctx->needs_input_grad(0)) {
-        d_grad_output = involution2d(a, weight, p.stride, p.padding, p.dilation);
+        d_grad_output = Ops::forward(a, weight, p.stride, p.padding, p.dilation);
       }
       if (ctx->needs_input_grad(1)) {
-        d_weight = detail::involution2d_backward_weight(grad_output, a, kernel_size_of(weight),
+        d_weight = Ops::backward_weight(grad_output, a, kernel_size_of<Dims>(weight),
                                                         groups_of(weight), p.stride, p.padding,
                                                         p.dilation);
       }
@@ -119,15 +128,17 @@ class Involution2dBackwardInputFunction
   }
 };
 
-class Involution2dBackwardWeightFunction
-    : public torch::autograd::Function<Involution2dBackwardWeightFunction> {
+template <int64_t Dims>
+class BackwardWeightFunction : public torch::autograd::Function<BackwardWeightFunction<Dims>> {
  public:
+  using Ops = detail::OpFamily<Dims>;
+
   static variable_list forward(AutogradContext* ctx, const at::Tensor& grad_output,
                                const at::Tensor& input, at::IntArrayRef kernel_size,
                                int64_t groups, at::IntArrayRef stride, at::IntArrayRef padding,
                                at::IntArrayRef dilation) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    at::Tensor grad_weight = detail::involution2d_backward_weight(
+    at::Tensor grad_weight = Ops::backward_weight(
         grad_output, input, kernel_size, groups, stride, padding, dilation);
     ctx->save_for_backward({grad_output, input});
     save_params(ctx, stride, padding, dilation);
@@ -143,10 +154,10 @@ class Involution2dBackwardWeightFunction
     at::Tensor d_grad_output, d_input;
     if (b.defined()) {
       if (ctx->needs_input_grad(0)) {
-        d_grad_output = involution2d(input, b, p.stride, p.padding, p.dilation);
+        d_grad_output = Ops::forward(input, b, p.stride, p.padding, p.dilation);
       }
       if (ctx->needs_input_grad(1)) {
-        d_input = detail::involution2d_backward_input(grad_output, b, input.sym_sizes().slice(2),
+        d_input = Ops::backward_input(grad_output, b, input.sym_sizes().slice(2),
                                                       p.stride, p.padding, p.dilation);
       }
     }
@@ -155,36 +166,42 @@ class Involution2dBackwardWeightFunction
   }
 };
 
-at::Tensor involution2d_autograd(const at::Tensor& input, const at::Tensor& weight,
+template <int64_t Dims>
+at::Tensor forward_autograd(const at::Tensor& input, const at::Tensor& weight,
                                  at::IntArrayRef stride, at::IntArrayRef padding,
                                  at::IntArrayRef dilation) {
-  return Involution2dFunction::apply(input, weight, stride, padding, dilation)[0];
+  return ForwardFunction<Dims>::apply(input, weight, stride, padding, dilation)[0];
 }
 
-at::Tensor involution2d_backward_input_autograd(const at::Tensor& grad_output,
+template <int64_t Dims>
+at::Tensor backward_input_autograd(const at::Tensor& grad_output,
                                                 const at::Tensor& weight,
                                                 c10::SymIntArrayRef input_size,
                                                 at::IntArrayRef stride, at::IntArrayRef padding,
                                                 at::IntArrayRef dilation) {
-  return Involution2dBackwardInputFunction::apply(grad_output, weight, input_size, stride,
+  return BackwardInputFunction<Dims>::apply(grad_output, weight, input_size, stride,
                                                   padding, dilation)[0];
 }
 
-at::Tensor involution2d_backward_weight_autograd(const at::Tensor& grad_output,
+template <int64_t Dims>
+at::Tensor backward_weight_autograd(const at::Tensor& grad_output,
                                                  const at::Tensor& input,
                                                  at::IntArrayRef kernel_size, int64_t groups,
                                                  at::IntArrayRef stride, at::IntArrayRef padding,
                                                  at::IntArrayRef dilation) {
-  return Involution2dBackwardWeightFunction::apply(grad_output, input, kernel_size, groups,
+  return BackwardWeightFunction<Dims>::apply(grad_output, input, kernel_size, groups,
                                                    stride, padding, dilation)[0];
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(involution, Autograd, m) {
-  m.impl("involution2d", TORCH_FN(involution2d_autograd));
-  m.impl("_involution2d_backward_input", TORCH_FN(involution2d_backward_input_autograd));
-  m.impl("_involution2d_backward_weight", TORCH_FN(involution2d_backward_weight_autograd));
+  m.impl("involution2d", TORCH_FN(forward_autograd<2>));
+  m.impl("_involution2d_backward_input", TORCH_FN(backward_input_autograd<2>));
+  m.impl("_involution2d_backward_weight", TORCH_FN(backward_weight_autograd<2>));
+  m.impl("involution3d", TORCH_FN(forward_autograd<3>));
+  m.impl("_involution3d_backward_input", TORCH_FN(backward_input_autograd<3>));
+  m.impl("_involution3d_backward_weight", TORCH_FN(backward_weight_autograd<3>));
 }
 
 }  // namespace involution
