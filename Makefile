@@ -11,12 +11,12 @@ PY := $(VENV)/bin/python
 SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh') setup.py
 export MAX_JOBS ?= 2
 
-.PHONY: bench test build results cpp cpp-test wheel wheel-check clean
+.PHONY: bench test build results cpp cpp-test wheel wheel-check cuda-build clean
 
 $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==$(TORCH_VERSION) pytest numpy setuptools wheel ninja matplotlib
+	$(PY) -m pip install --quiet torch==$(TORCH_VERSION) pytest numpy setuptools wheel ninja matplotlib scikit-learn
 	touch $@
 
 $(VENV)/.built: $(VENV)/.deps $(SOURCES)
@@ -63,6 +63,31 @@ wheel-check: wheel
 	$(PYTHON) -m venv build/wheel-venv
 	build/wheel-venv/bin/pip install --quiet torch==$(TORCH_VERSION) dist/*.whl
 	cd /tmp && $(CURDIR)/build/wheel-venv/bin/python -P $(CURDIR)/tests/wheel_smoke.py
+
+# The CUDA kernels, compiled and linked against the CUDA build of torch on a machine without a
+# GPU (CI does this on every run): a copy of the sources is built into a wheel with FORCE_CUDA=1,
+# the wheel is installed into a venv with that torch, the CUDA kernels must be registered for
+# every op, and the test suite runs there (CUDA tests skip without a GPU).
+CUDA_TORCH_VERSION ?= 2.14.1
+CUDA_HOME ?= /usr/local/cuda
+CUDA_ARCHS ?= 8.0;9.0
+CUDA_VENV := build/cuda-venv
+
+$(CUDA_VENV)/.deps:
+	$(PYTHON) -m venv $(CUDA_VENV)
+	$(CUDA_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CUDA_VENV)/bin/python -m pip install --quiet torch==$(CUDA_TORCH_VERSION) pytest numpy setuptools wheel ninja
+	touch $@
+
+cuda-build: $(CUDA_VENV)/.deps
+	rm -rf build/cuda-src build/cuda-dist && mkdir -p build/cuda-src
+	git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t build/cuda-src
+	cd build/cuda-src && FORCE_CUDA=1 CUDA_HOME=$(CUDA_HOME) TORCH_CUDA_ARCH_LIST="$(CUDA_ARCHS)" \
+		../cuda-venv/bin/python -m pip wheel --quiet --no-build-isolation --no-deps -w ../cuda-dist .
+	$(CUDA_VENV)/bin/python -m pip install --quiet --force-reinstall --no-deps build/cuda-dist/*.whl
+	cd /tmp && TORCH_CUDA_ARCH_LIST="$(CUDA_ARCHS)" $(CURDIR)/$(CUDA_VENV)/bin/python -P \
+		$(CURDIR)/tests/cuda_build_check.py
+	cd /tmp && $(CURDIR)/$(CUDA_VENV)/bin/pytest -q -p no:warnings -rs $(CURDIR)/build/cuda-src/tests
 
 clean:
 	rm -rf build dist *.egg-info involution/_C*.so involution/version.py $(VENV)

@@ -7,6 +7,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import pytest
+
+# Every kernel test runs on each device; CUDA is skipped where there is no GPU.
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                  reason="no CUDA device")),
+]
+
 
 def involution2d_reference(x, w, stride, padding, dilation):
     """Sums, tap by tap, the kernel times a strided slice of the zero-padded input (float64)."""
@@ -47,10 +56,11 @@ class Case(NamedTuple):
             for i in range(2)
         )
 
-    def tensors(self, dtype=torch.float64, requires_grad=False, generator=None):
+    def tensors(self, dtype=torch.float64, requires_grad=False, generator=None, device="cpu"):
         x = torch.randn(self.batch, self.channels, *self.size, dtype=dtype, generator=generator)
         w = torch.randn(self.batch, self.groups, *self.kernel, *self.out, dtype=dtype,
                         generator=generator)
+        x, w = x.to(device), w.to(device)
         return x.requires_grad_(requires_grad), w.requires_grad_(requires_grad)
 
     def params(self):

@@ -4,7 +4,7 @@ import os
 
 import pytest
 import torch
-from helpers import Case, involution2d_reference, random_cases
+from helpers import DEVICES, Case, involution2d_reference, random_cases
 
 import involution
 from involution.functional import involution2d
@@ -53,9 +53,10 @@ def test_reference_matches_the_formula_elementwise():
                 assert abs(ref[0, c, i, j].item() - total) < 1e-12
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_forward_and_gradients_match_reference(case):
-    x, w = case.tensors(requires_grad=True)
+def test_forward_and_gradients_match_reference(case, device):
+    x, w = case.tensors(requires_grad=True, device=device)
     y = ops.involution2d(x, w, *case.params())
     ref_x = x.detach().clone().requires_grad_()
     ref_w = w.detach().clone().requires_grad_()
@@ -79,10 +80,11 @@ BLOCK_CASES = [
 ]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", BLOCK_CASES, ids=case_id)
-def test_block_boundaries(case, dtype):
-    x, w = case.tensors(dtype=dtype, requires_grad=True)
+def test_block_boundaries(case, dtype, device):
+    x, w = case.tensors(dtype=dtype, requires_grad=True, device=device)
     y = ops.involution2d(x, w, *case.params())
     x64 = x.detach().double().requires_grad_()
     w64 = w.detach().double().requires_grad_()
@@ -97,10 +99,11 @@ def test_block_boundaries(case, dtype):
     torch.testing.assert_close(gw.double(), ref_gw, atol=tol["atol"] * scale, rtol=tol["rtol"])
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("case", CASES[:8], ids=case_id)
-def test_dtypes(case, dtype):
-    x, w = case.tensors(dtype=dtype, requires_grad=True)
+def test_dtypes(case, dtype, device):
+    x, w = case.tensors(dtype=dtype, requires_grad=True, device=device)
     y = involution2d(x, w, case.stride, case.padding, case.dilation)
     assert y.dtype == dtype
     # The reference sees the same (rounded) inputs, in float64.
@@ -119,12 +122,13 @@ def test_dtypes(case, dtype):
     torch.testing.assert_close(gw.double(), ref_gw, atol=tol["atol"] * scale, rtol=tol["rtol"])
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", CASES[:6], ids=case_id)
-def test_gradcheck_and_gradgradcheck(case):
+def test_gradcheck_and_gradgradcheck(case, device):
     case = case._replace(batch=1, size=(min(case.size[0], 7), min(case.size[1], 7)))
     if min(case.out) < 1:
         pytest.skip("geometry too small after shrinking")
-    x, w = case.tensors(requires_grad=True)
+    x, w = case.tensors(requires_grad=True, device=device)
     fn = lambda a, b: ops.involution2d(a, b, *case.params())  # noqa: E731
     assert torch.autograd.gradcheck(fn, (x, w))
     assert torch.autograd.gradgradcheck(fn, (x, w))
@@ -166,10 +170,11 @@ def test_opcheck(op, args):
     torch.library.opcheck(op, args)
 
 
-def test_batch_zero_and_empty_channels():
+@pytest.mark.parametrize("device", DEVICES)
+def test_batch_zero_and_empty_channels(device):
     for case in (Case(0, 4, 2, (7, 7), (3, 3), (1, 1), (1, 1), (1, 1)),
                  Case(2, 0, 2, (7, 7), (3, 3), (2, 2), (1, 1), (1, 1))):
-        x, w = case.tensors(requires_grad=True)
+        x, w = case.tensors(requires_grad=True, device=device)
         y = ops.involution2d(x, w, *case.params())
         assert y.shape == (case.batch, case.channels, *case.out)
         y.sum().backward()
@@ -196,14 +201,16 @@ def test_input_smaller_than_kernel_with_padding():
     torch.testing.assert_close(y, involution2d_reference(x, w, *case.params()))
 
 
-def test_non_contiguous_and_channels_last_inputs():
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_contiguous_and_channels_last_inputs(device):
     case = Case(2, 6, 3, (9, 11), (3, 5), (2, 1), (1, 2), (1, 2))
-    x, w = case.tensors()
+    x, w = case.tensors(device=device)
     expected = involution2d_reference(x, w, *case.params())
     variants = {
         "channels_last": (x.contiguous(memory_format=torch.channels_last), w),
         "transposed": (x.transpose(2, 3).contiguous().transpose(2, 3), w),
-        "sliced": (torch.randn(2, 12, 9, 11, dtype=torch.float64)[:, ::2].copy_(x), w),
+        "sliced": (torch.randn(2, 12, 9, 11, dtype=torch.float64, device=device)[:, ::2].copy_(x),
+                   w),
         "weight_permuted": (x, w.permute(0, 1, 4, 5, 2, 3).contiguous().permute(0, 1, 4, 5, 2, 3)),
         "expanded_weight": (x[:1].expand(2, -1, -1, -1), w[:1].expand(2, -1, -1, -1, -1, -1)),
     }
@@ -294,14 +301,21 @@ def test_autograd_node_is_the_cpp_one():
     assert involution.library_path.endswith((".so", ".pyd", ".dylib"))
 
 
-@pytest.mark.skipif(os.environ.get("INVOLUTION_TEST_LARGE") != "1",
-                    reason="needs ~10 GB of memory; set INVOLUTION_TEST_LARGE=1")
-def test_more_than_2_pow_31_elements():
+def large_enough(device):
+    if device == "cuda":  # runs wherever the GPU has the memory
+        return torch.cuda.get_device_properties(0).total_memory > 16 * 2 ** 30
+    return os.environ.get("INVOLUTION_TEST_LARGE") == "1"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_more_than_2_pow_31_elements(device):
+    if not large_enough(device):
+        pytest.skip("needs ~10 GB of memory; set INVOLUTION_TEST_LARGE=1 to run on the CPU")
     # 64-bit indexing: the input and output have 2**31 + 2**17 elements each.
     c, h, wd = 2 ** 15 + 2, 256, 256
-    x = torch.ones(1, c, h, wd, dtype=torch.bfloat16)
+    x = torch.ones(1, c, h, wd, dtype=torch.bfloat16, device=device)
     x[0, -1] = 2.0
-    w = torch.full((1, 1, 1, 1, h, wd), 0.5, dtype=torch.bfloat16)
+    w = torch.full((1, 1, 1, 1, h, wd), 0.5, dtype=torch.bfloat16, device=device)
     y = ops.involution2d(x, w, [1, 1], [0, 0], [1, 1])
     assert y.numel() > 2 ** 31
     assert y[0, -1].float().mean().item() == 1.0 and y[0, -2].float().mean().item() == 0.5

@@ -4,7 +4,7 @@ Involution3d module (the seed's constructor, with the seed's 3-D defects fixed).
 import pytest
 import torch
 import torch.nn as nn
-from helpers import Case, Case3d, involution2d_reference, involution3d_reference, random_cases_3d
+from helpers import DEVICES, Case, Case3d, involution2d_reference, involution3d_reference, random_cases_3d
 
 import involution
 from involution.functional import involution3d
@@ -38,9 +38,10 @@ def test_reference_matches_the_formula_elementwise():
                     assert abs(ref[0, c, i, j, k].item() - total) < 1e-12
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_forward_and_gradients_match_reference(case):
-    x, w = case.tensors(requires_grad=True)
+def test_forward_and_gradients_match_reference(case, device):
+    x, w = case.tensors(requires_grad=True, device=device)
     y = ops.involution3d(x, w, *case.params())
     rx, rw = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
     ref = involution3d_reference(rx, rw, *case.params())
@@ -63,9 +64,10 @@ def test_depth_one_equals_involution2d():
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2),
                                        (torch.float16, 2e-3)], ids=str)
-def test_dtypes(dtype, tol):
+@pytest.mark.parametrize("device", DEVICES)
+def test_dtypes(dtype, tol, device):
     for case in CASES[:4]:
-        x64, w64 = case.tensors()
+        x64, w64 = case.tensors(device=device)
         x, w = x64.to(dtype), w64.to(dtype)
         y = ops.involution3d(x, w, *case.params())
         assert y.dtype == dtype
@@ -73,9 +75,10 @@ def test_dtypes(dtype, tol):
         torch.testing.assert_close(y.double(), ref, atol=tol * 4, rtol=tol)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", CASES[:3], ids=case_id)
-def test_gradcheck_and_gradgradcheck(case):
-    x, w = case.tensors(requires_grad=True)
+def test_gradcheck_and_gradgradcheck(case, device):
+    x, w = case.tensors(requires_grad=True, device=device)
     fn = lambda a, b: ops.involution3d(a, b, *case.params())  # noqa: E731
     assert torch.autograd.gradcheck(fn, (x, w))
     assert torch.autograd.gradgradcheck(fn, (x, w))
@@ -104,20 +107,21 @@ def test_opcheck(op, args):
     torch.library.opcheck(op, args)
 
 
-def test_batch_zero_and_non_contiguous_inputs():
+@pytest.mark.parametrize("device", DEVICES)
+def test_batch_zero_and_non_contiguous_inputs(device):
     case = Case3d(0, 4, 2, (3, 5, 5), (3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1))
-    x, w = case.tensors(requires_grad=True)
+    x, w = case.tensors(requires_grad=True, device=device)
     y = ops.involution3d(x, w, *case.params())
     assert y.shape == (0, 4, 3, 5, 5)
     y.sum().backward()
     assert x.grad.shape == x.shape and w.grad.shape == w.shape
 
     case = Case3d(2, 6, 3, (4, 7, 6), (3, 1, 3), (1, 2, 1), (1, 0, 2), (1, 1, 2))
-    x, w = case.tensors()
+    x, w = case.tensors(device=device)
     expected = involution3d_reference(x, w, *case.params())
     for xv in (x.contiguous(memory_format=torch.channels_last_3d),
                x.transpose(3, 4).contiguous().transpose(3, 4),
-               torch.zeros(2, 12, 4, 7, 6, dtype=torch.float64)[:, ::2].copy_(x)):
+               torch.zeros(2, 12, 4, 7, 6, dtype=torch.float64, device=device)[:, ::2].copy_(x)):
         torch.testing.assert_close(ops.involution3d(xv, w, *case.params()), expected)
 
 

@@ -54,6 +54,11 @@ TORCH_LIBRARY(involution, m) {
       "_involution2d_backward_weight(Tensor grad_output, Tensor input, int[2] kernel_size, "
       "int groups, int[2] stride, int[2] padding, int[2] dilation) -> Tensor",
       {at::Tag::pt2_compliant_tag});
+  // The benchmark's baseline on CUDA: the official CuPy kernel's design (one thread per output
+  // element). CUDA only; not part of the API.
+  m.def(
+      "_involution2d_naive(Tensor input, Tensor weight, int[2] stride, int[2] padding, "
+      "int[2] dilation) -> Tensor");
 }
 
 }  // namespace involution
