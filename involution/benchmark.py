@@ -3,11 +3,14 @@
     python -m involution.benchmark                   # CPU, float32, batch 8, RedNet-50's shapes
     python -m involution.benchmark --dtype bfloat16 --threads 1 --json out.json --plot out.png
     python -m involution.benchmark --markdown benchmarks/RESULTS.md
+    python -m involution.benchmark --device cuda --dtype float32,float16   # batch 64
 
 Each (shape, implementation) runs in a fresh worker process, so neither inherits the other's
 heap. A worker first measures the peak memory rise of one forward+backward (max RSS on the CPU,
 the allocator's peak on CUDA), then times forward, backward (both gradients) and
-forward+backward: medians of --repeats runs after --warmup runs.
+forward+backward: medians of --repeats runs after --warmup runs. On CUDA the table also times
+the forward of a naive kernel (one thread per output element, the official CuPy kernel's
+design), as the baseline a direct kernel must beat.
 
 The floor of a pass is the larger of its bytes over the machine's copy bandwidth and its
 multiply-adds over its matrix-multiply rate, both measured at start with the same threads.
@@ -61,6 +64,10 @@ PASSES = ("forward", "backward", "forward+backward")
 IMPLEMENTATIONS = ("ours", "unfold")
 
 
+def implementations(device) -> tuple:
+    return IMPLEMENTATIONS + (("naive",) if device.type == "cuda" else ())
+
+
 def make_inputs(shape: Shape, batch: int, dtype, device):
     gen = torch.Generator().manual_seed(0)
     k, o = shape.kernel, shape.out
@@ -76,6 +83,10 @@ def implementation(name: str):
         import involution  # noqa: F401  (loads the op library)
 
         return torch.ops.involution.involution2d
+    if name == "naive":
+        import involution  # noqa: F401
+
+        return torch.ops.involution._involution2d_naive
     from involution.reference import involution2d_unfold
 
     return involution2d_unfold
@@ -125,9 +136,12 @@ def worker(spec: Dict) -> Dict:
     shape = Shape(**spec["shape"])
     impl = implementation(spec["impl"])
     x, w, gy, params = make_inputs(shape, spec["batch"], dtype, device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if spec["impl"] == "naive":  # a forward-only baseline
+        return {"times": {"forward": time_pass(lambda: impl(x, w, *params), spec, sync)},
+                "peak_bytes": 0}
     x.requires_grad_()
     w.requires_grad_()
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def forward():
         with torch.no_grad():
@@ -162,19 +176,23 @@ def worker(spec: Dict) -> Dict:
     def backward():
         torch.autograd.grad(y, (x, w), gy, retain_graph=True)
 
-    times = {}
-    for name, fn in zip(PASSES, (forward, backward, forward_backward)):
-        for _ in range(spec["warmup"]):
-            fn()
-        sync()
-        samples = []
-        for _ in range(spec["repeats"]):
-            start = time.perf_counter()
-            fn()
-            sync()
-            samples.append(time.perf_counter() - start)
-        times[name] = statistics.median(samples)
+    times = {name: time_pass(fn, spec, sync)
+             for name, fn in zip(PASSES, (forward, backward, forward_backward))}
     return {"times": times, "peak_bytes": peak}
+
+
+def time_pass(fn, spec: Dict, sync) -> float:
+    """Median seconds of fn over spec["repeats"] runs after spec["warmup"] runs."""
+    for _ in range(spec["warmup"]):
+        fn()
+    sync()
+    samples = []
+    for _ in range(spec["repeats"]):
+        start = time.perf_counter()
+        fn()
+        sync()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
 
 
 # ------------------------------------------------------------------------------- parent side
@@ -237,6 +255,9 @@ def format_table(result: Dict) -> str:
     cols = (f"{'shape':<10} {'C':>4} {'HxW':>7} {'G':>3} {'K':>2} {'s':>2} | {'pass':<16} "
             f"{'ours ms':>8} {'unfold ms':>10} {'speed-up':>9} | {'floor ms':>8} {'x floor':>8} "
             f"{'GB/s':>6} {'GFLOP/s':>8} | {'peak MiB ours':>13} {'unfold':>8}")
+    naive = "naive" in result["rows"][0]
+    if naive:
+        cols += f" | {'naive ms':>8} {'vs naive':>8}"
     lines += [cols, "-" * len(cols)]
     for r in result["rows"]:
         s = r["shape"]
@@ -253,7 +274,10 @@ def format_table(result: Dict) -> str:
                 f"{lead} | {kind:<16} {ours * 1e3:>8.2f} {unfold * 1e3:>10.2f} "
                 f"{unfold / ours:>8.1f}x | {r['floor'][kind] * 1e3:>8.2f} "
                 f"{ours / r['floor'][kind]:>7.1f}x {nbytes / ours / 1e9:>6.1f} "
-                f"{2 * macs / ours / 1e9:>8.1f} | {memory}")
+                f"{2 * macs / ours / 1e9:>8.1f} | {memory:>22}"
+                + (f" | {r['naive']['times']['forward'] * 1e3:>8.2f} "
+                   f"{r['naive']['times']['forward'] / ours:>7.1f}x"
+                   if naive and kind == "forward" else ""))
     lines += ["", f"max |ours - unfold| per shape: "
               + ", ".join(f"{r['shape']['name']} {r['max_abs_diff']:.1e}" for r in result["rows"]),
               f"peak MiB: rise of the process's peak memory during one forward+backward; "
@@ -337,7 +361,7 @@ def run_config(args, device, shapes, dtype_name, threads, step) -> Dict:
     element_size = torch.empty((), dtype=dtype).element_size()
     for shape in shapes:
         row = {"shape": shape._asdict(), "max_abs_diff": max_abs_diff(shape, args, dtype, device)}
-        for impl in IMPLEMENTATIONS:
+        for impl in implementations(device):
             step(f"{shape.name} {impl} {dtype_name} x{threads}")
             row[impl] = run_worker({
                 "impl": impl, "shape": shape._asdict(), "batch": args.batch,
@@ -394,7 +418,7 @@ def main(argv=None) -> int:
     configs = [(d, t) for d in dtypes for t in threads]
 
     results = []
-    total = len(configs) * len(shapes) * len(IMPLEMENTATIONS)
+    total = len(configs) * len(shapes) * len(implementations(device))
     done_counter = iter(range(total))
     for dtype_name, n_threads in configs:
         result = run_config(args, device, shapes, dtype_name, n_threads,
