@@ -15,10 +15,13 @@ library_path = _library.load()
 from . import functional  # noqa: E402
 from .functional import involution2d  # noqa: E402
 from .modules import Involution2d  # noqa: E402
+from . import models  # noqa: E402
 
 try:
     from .version import __version__  # noqa: E402
 except ImportError:  # a source checkout that was never built
     __version__ = "unknown"
 
-__all__ = ["Involution2d", "functional", "involution2d", "library_path", "__version__"]
+__all__ = [
+    "Involution2d", "functional", "involution2d", "library_path", "models", "__version__"
+]
