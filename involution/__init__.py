@@ -4,9 +4,10 @@
     y = involution.functional.involution2d(x, kernel, stride=1, padding=3)
     layer = involution.Involution2d(64, 64, kernel_size=7, groups=4, reduce_ratio=4)
     layer3d = involution.Involution3d(16, 16, kernel_size=3, padding=1, groups=2)
+    model = involution.models.rednet50()
 
-The ops are registered as torch.ops.involution.involution2d/involution3d (CPU kernels, C++ autograd, meta kernels for
-torch.compile/torch.export, CPU autocast).
+The ops are registered as torch.ops.involution.involution2d and involution3d (CPU and CUDA
+kernels, C++ autograd, meta kernels for torch.compile/torch.export, autocast).
 """
 
 from . import _library
@@ -16,6 +17,7 @@ library_path = _library.load()
 from . import functional  # noqa: E402
 from .functional import involution2d, involution3d  # noqa: E402
 from .modules import Involution2d, Involution3d  # noqa: E402
+from . import models  # noqa: E402
 
 try:
     from .version import __version__  # noqa: E402
@@ -29,5 +31,6 @@ __all__ = [
     "involution2d",
     "involution3d",
     "library_path",
+    "models",
     "__version__",
 ]
