@@ -15,13 +15,13 @@ namespace {
 
 template <int64_t Dims, c10::DispatchKey autocast_key, c10::DeviceType device_type>
 at::Tensor forward_autocast(const at::Tensor& input, const at::Tensor& weight,
-                                 at::IntArrayRef stride, at::IntArrayRef padding,
-                                 at::IntArrayRef dilation) {
+                            at::IntArrayRef stride, at::IntArrayRef padding,
+                            at::IntArrayRef dilation) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(autocast_key);
   const auto dtype = at::autocast::get_autocast_dtype(device_type);
   return detail::OpFamily<Dims>::forward(at::autocast::cached_cast(dtype, input, device_type),
-                      at::autocast::cached_cast(dtype, weight, device_type), stride, padding,
-                      dilation);
+                                         at::autocast::cached_cast(dtype, weight, device_type),
+                                         stride, padding, dilation);
 }
 
 constexpr auto kCPU = c10::DispatchKey::AutocastCPU;

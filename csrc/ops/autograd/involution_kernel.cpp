@@ -1,4 +1,6 @@
-// Autograd for the involution2d and involution3d ops (templates over `Dims` spatial axes), registered in C++ so C++ and TorchScript callers can train.
+// Autograd for the involution2d and involution3d ops (templates over `Dims` spatial axes),
+// registered in C++ so C++ and TorchScript callers can train.
+// registered in C++ so C++ and TorchScript callers can train.
 //
 // Y = F(X, W) is bilinear, so with T(X, W, dY) = <F(X, W), dY> all three ops are contractions of
 // one trilinear form:
@@ -77,13 +79,12 @@ class ForwardFunction : public torch::autograd::Function<ForwardFunction<Dims>> 
     at::Tensor grad_input, grad_weight;
     if (grad_output.defined()) {
       if (ctx->needs_input_grad(0)) {
-        grad_input = Ops::backward_input(
-            grad_output, weight, input.sym_sizes().slice(2), p.stride, p.padding, p.dilation);
+        grad_input = Ops::backward_input(grad_output, weight, input.sym_sizes().slice(2), p.stride,
+                                         p.padding, p.dilation);
       }
       if (ctx->needs_input_grad(1)) {
-        grad_weight = Ops::backward_weight(grad_output, input,
-                                                           kernel_size_of<Dims>(weight), groups_of(weight),
-                                                           p.stride, p.padding, p.dilation);
+        grad_weight = Ops::backward_weight(grad_output, input, kernel_size_of<Dims>(weight),
+                                           groups_of(weight), p.stride, p.padding, p.dilation);
       }
     }
     return {grad_input, grad_weight, at::Tensor(), at::Tensor(), at::Tensor()};
@@ -100,8 +101,8 @@ class BackwardInputFunction : public torch::autograd::Function<BackwardInputFunc
                                at::IntArrayRef stride, at::IntArrayRef padding,
                                at::IntArrayRef dilation) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    at::Tensor grad_input = Ops::backward_input(grad_output, weight, input_size,
-                                                                stride, padding, dilation);
+    at::Tensor grad_input =
+        Ops::backward_input(grad_output, weight, input_size, stride, padding, dilation);
     ctx->save_for_backward({grad_output, weight});
     save_params(ctx, stride, padding, dilation);
     return {grad_input};
@@ -120,8 +121,7 @@ class BackwardInputFunction : public torch::autograd::Function<BackwardInputFunc
       }
       if (ctx->needs_input_grad(1)) {
         d_weight = Ops::backward_weight(grad_output, a, kernel_size_of<Dims>(weight),
-                                                        groups_of(weight), p.stride, p.padding,
-                                                        p.dilation);
+                                        groups_of(weight), p.stride, p.padding, p.dilation);
       }
     }
     return {d_grad_output, d_weight, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
@@ -134,12 +134,12 @@ class BackwardWeightFunction : public torch::autograd::Function<BackwardWeightFu
   using Ops = detail::OpFamily<Dims>;
 
   static variable_list forward(AutogradContext* ctx, const at::Tensor& grad_output,
-                               const at::Tensor& input, at::IntArrayRef kernel_size,
-                               int64_t groups, at::IntArrayRef stride, at::IntArrayRef padding,
+                               const at::Tensor& input, at::IntArrayRef kernel_size, int64_t groups,
+                               at::IntArrayRef stride, at::IntArrayRef padding,
                                at::IntArrayRef dilation) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    at::Tensor grad_weight = Ops::backward_weight(
-        grad_output, input, kernel_size, groups, stride, padding, dilation);
+    at::Tensor grad_weight =
+        Ops::backward_weight(grad_output, input, kernel_size, groups, stride, padding, dilation);
     ctx->save_for_backward({grad_output, input});
     save_params(ctx, stride, padding, dilation);
     return {grad_weight};
@@ -157,40 +157,37 @@ class BackwardWeightFunction : public torch::autograd::Function<BackwardWeightFu
         d_grad_output = Ops::forward(input, b, p.stride, p.padding, p.dilation);
       }
       if (ctx->needs_input_grad(1)) {
-        d_input = Ops::backward_input(grad_output, b, input.sym_sizes().slice(2),
-                                                      p.stride, p.padding, p.dilation);
+        d_input = Ops::backward_input(grad_output, b, input.sym_sizes().slice(2), p.stride,
+                                      p.padding, p.dilation);
       }
     }
-    return {d_grad_output, d_input, at::Tensor(), at::Tensor(),
+    return {d_grad_output, d_input,      at::Tensor(), at::Tensor(),
             at::Tensor(),  at::Tensor(), at::Tensor()};
   }
 };
 
 template <int64_t Dims>
 at::Tensor forward_autograd(const at::Tensor& input, const at::Tensor& weight,
-                                 at::IntArrayRef stride, at::IntArrayRef padding,
-                                 at::IntArrayRef dilation) {
+                            at::IntArrayRef stride, at::IntArrayRef padding,
+                            at::IntArrayRef dilation) {
   return ForwardFunction<Dims>::apply(input, weight, stride, padding, dilation)[0];
 }
 
 template <int64_t Dims>
-at::Tensor backward_input_autograd(const at::Tensor& grad_output,
-                                                const at::Tensor& weight,
-                                                c10::SymIntArrayRef input_size,
-                                                at::IntArrayRef stride, at::IntArrayRef padding,
-                                                at::IntArrayRef dilation) {
-  return BackwardInputFunction<Dims>::apply(grad_output, weight, input_size, stride,
-                                                  padding, dilation)[0];
+at::Tensor backward_input_autograd(const at::Tensor& grad_output, const at::Tensor& weight,
+                                   c10::SymIntArrayRef input_size, at::IntArrayRef stride,
+                                   at::IntArrayRef padding, at::IntArrayRef dilation) {
+  return BackwardInputFunction<Dims>::apply(grad_output, weight, input_size, stride, padding,
+                                            dilation)[0];
 }
 
 template <int64_t Dims>
-at::Tensor backward_weight_autograd(const at::Tensor& grad_output,
-                                                 const at::Tensor& input,
-                                                 at::IntArrayRef kernel_size, int64_t groups,
-                                                 at::IntArrayRef stride, at::IntArrayRef padding,
-                                                 at::IntArrayRef dilation) {
-  return BackwardWeightFunction<Dims>::apply(grad_output, input, kernel_size, groups,
-                                                   stride, padding, dilation)[0];
+at::Tensor backward_weight_autograd(const at::Tensor& grad_output, const at::Tensor& input,
+                                    at::IntArrayRef kernel_size, int64_t groups,
+                                    at::IntArrayRef stride, at::IntArrayRef padding,
+                                    at::IntArrayRef dilation) {
+  return BackwardWeightFunction<Dims>::apply(grad_output, input, kernel_size, groups, stride,
+                                             padding, dilation)[0];
 }
 
 }  // namespace

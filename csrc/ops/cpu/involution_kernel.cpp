@@ -26,9 +26,8 @@ at::Tensor backward_input_cpu(const at::Tensor& grad_output, const at::Tensor& w
 
 template <int64_t Dims>
 at::Tensor backward_weight_cpu(const at::Tensor& grad_output, const at::Tensor& input,
-                               at::IntArrayRef kernel_size, int64_t groups,
-                               at::IntArrayRef stride, at::IntArrayRef padding,
-                               at::IntArrayRef dilation) {
+                               at::IntArrayRef kernel_size, int64_t groups, at::IntArrayRef stride,
+                               at::IntArrayRef padding, at::IntArrayRef dilation) {
   return cpu::backward_weight(OpFamily<Dims>::backward_weight_name, Dims, grad_output, input,
                               kernel_size, groups, stride, padding, dilation);
 }

@@ -65,8 +65,7 @@ at::Tensor forward_cuda(const at::Tensor& input, const at::Tensor& weight, at::I
   launch(x, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     forward_kernel<T, at::opmath_type<T>><<<blocks_for(threads), kThreads, 0, stream>>>(
-        g, x.const_data_ptr<T>(), w.const_data_ptr<T>(), output.mutable_data_ptr<T>(),
-        threads);
+        g, x.const_data_ptr<T>(), w.const_data_ptr<T>(), output.mutable_data_ptr<T>(), threads);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return output;
@@ -77,8 +76,8 @@ at::Tensor backward_input_cuda(const at::Tensor& grad_output, const at::Tensor& 
                                c10::SymIntArrayRef input_size, at::IntArrayRef stride,
                                at::IntArrayRef padding, at::IntArrayRef dilation) {
   const char* op = OpFamily<Dims>::backward_input_name;
-  const auto sizes = detail::check_backward_input(op, Dims, grad_output, weight, input_size,
-                                                  stride, padding, dilation);
+  const auto sizes = detail::check_backward_input(op, Dims, grad_output, weight, input_size, stride,
+                                                  padding, dilation);
   check_cuda(op, "grad_output", grad_output);
   const c10::cuda::CUDAGuard guard(grad_output.device());
   at::Tensor grad_input = empty_with_sizes(sizes, grad_output);
@@ -103,9 +102,8 @@ at::Tensor backward_input_cuda(const at::Tensor& grad_output, const at::Tensor& 
 
 template <int64_t Dims>
 at::Tensor backward_weight_cuda(const at::Tensor& grad_output, const at::Tensor& input,
-                                at::IntArrayRef kernel_size, int64_t groups,
-                                at::IntArrayRef stride, at::IntArrayRef padding,
-                                at::IntArrayRef dilation) {
+                                at::IntArrayRef kernel_size, int64_t groups, at::IntArrayRef stride,
+                                at::IntArrayRef padding, at::IntArrayRef dilation) {
   const char* op = OpFamily<Dims>::backward_weight_name;
   const auto sizes = detail::check_backward_weight(op, Dims, grad_output, input, kernel_size,
                                                    groups, stride, padding, dilation);
@@ -154,8 +152,7 @@ at::Tensor naive_forward_cuda(const at::Tensor& input, const at::Tensor& weight,
   launch(x, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     naive_forward_kernel<T, at::opmath_type<T>><<<blocks_for(threads), kThreads, 0, stream>>>(
-        g, x.const_data_ptr<T>(), w.const_data_ptr<T>(), output.mutable_data_ptr<T>(),
-        threads);
+        g, x.const_data_ptr<T>(), w.const_data_ptr<T>(), output.mutable_data_ptr<T>(), threads);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return output;

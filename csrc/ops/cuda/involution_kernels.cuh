@@ -53,8 +53,8 @@ __device__ inline Position split(int64_t index, const int64_t (&s)[3], int64_t g
   return q;
 }
 
-#define INVOLUTION_GRID_STRIDE_LOOP(index, total)                                      \
-  for (int64_t index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;  \
+#define INVOLUTION_GRID_STRIDE_LOOP(index, total)                                   \
+  for (int64_t index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; \
        index < (total); index += static_cast<int64_t>(blockDim.x) * gridDim.x)
 
 // y[b, c, o] = sum_k w[b, g, k, o] * x[b, c, o*s - p + k*d]. One thread per (b, g, o).
@@ -68,8 +68,8 @@ __global__ void __launch_bounds__(kThreads)
     const T* wq = w + (q.b * g.groups + q.g) * e.taps * e.out_volume + q.offset;
     const int64_t first_channel = q.b * g.channels + q.g * e.channels_per_group;
     for (int64_t c0 = 0; c0 < e.channels_per_group; c0 += kChannelBlock) {
-      const int64_t n = e.channels_per_group - c0 < kChannelBlock ? e.channels_per_group - c0
-                                                                   : kChannelBlock;
+      const int64_t n =
+          e.channels_per_group - c0 < kChannelBlock ? e.channels_per_group - c0 : kChannelBlock;
       const T* xc = x + (first_channel + c0) * e.in_volume;
       Acc acc[kChannelBlock];
 #pragma unroll
@@ -114,8 +114,8 @@ __global__ void __launch_bounds__(kThreads)
     const T* wg = w + (q.b * g.groups + q.g) * e.taps * e.out_volume;
     const int64_t first_channel = q.b * g.channels + q.g * e.channels_per_group;
     for (int64_t c0 = 0; c0 < e.channels_per_group; c0 += kChannelBlock) {
-      const int64_t n = e.channels_per_group - c0 < kChannelBlock ? e.channels_per_group - c0
-                                                                   : kChannelBlock;
+      const int64_t n =
+          e.channels_per_group - c0 < kChannelBlock ? e.channels_per_group - c0 : kChannelBlock;
       const T* gyc = gy + (first_channel + c0) * e.out_volume;
       Acc acc[kChannelBlock];
 #pragma unroll
@@ -194,8 +194,8 @@ __global__ void __launch_bounds__(kThreads)
               }
             } else {
               for (int64_t c = 0; c < e.channels_per_group; ++c) {
-                acc += static_cast<Acc>(gyq[c * e.out_volume]) *
-                       static_cast<Acc>(xk[c * e.in_volume]);
+                acc +=
+                    static_cast<Acc>(gyq[c * e.out_volume]) * static_cast<Acc>(xk[c * e.in_volume]);
               }
             }
           }

@@ -16,8 +16,8 @@ using detail::OpFamily;
 template <int64_t Dims>
 at::Tensor forward_meta(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
                         at::IntArrayRef padding, at::IntArrayRef dilation) {
-  const auto sizes = detail::check_forward(OpFamily<Dims>::name, Dims, input, weight, stride,
-                                           padding, dilation);
+  const auto sizes =
+      detail::check_forward(OpFamily<Dims>::name, Dims, input, weight, stride, padding, dilation);
   return at::empty_symint(sizes, input.options());
 }
 
@@ -33,9 +33,8 @@ at::Tensor backward_input_meta(const at::Tensor& grad_output, const at::Tensor& 
 
 template <int64_t Dims>
 at::Tensor backward_weight_meta(const at::Tensor& grad_output, const at::Tensor& input,
-                                at::IntArrayRef kernel_size, int64_t groups,
-                                at::IntArrayRef stride, at::IntArrayRef padding,
-                                at::IntArrayRef dilation) {
+                                at::IntArrayRef kernel_size, int64_t groups, at::IntArrayRef stride,
+                                at::IntArrayRef padding, at::IntArrayRef dilation) {
   const auto sizes =
       detail::check_backward_weight(OpFamily<Dims>::backward_weight_name, Dims, grad_output, input,
                                     kernel_size, groups, stride, padding, dilation);
