@@ -15,6 +15,10 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>  // F16C conversions in the AVX2 and AVX-512 kernels
+#endif
+
 #include "../geometry.h"
 
 namespace involution {

@@ -10,6 +10,7 @@
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
 #endif
 #define INVOLUTION_CPU_ISA avx512
+#define INVOLUTION_CPU_F16C  // float16 conversions with vcvtph2ps/vcvtps2ph
 #include "involution_kernels.h"
 #if defined(__clang__)
 #pragma clang attribute pop
