@@ -21,10 +21,10 @@ line gives the final test accuracy and the time spent training and testing.
 
 Measured with the defaults (15 epochs, batch 32, seed 0, one thread) on a 2-core x86 CPU:
 99.1% test accuracy (446/450; chance is 10%) after 15 epochs, in 11-13 s of training and
-testing at about 2,000 training samples/s, 18-22 s in all with Python's start-up. Seeds 1-3 reach 98-99.6% after
-10 epochs. The default is one thread because the tensors are tiny: a second thread gained 10%
-here, and on a busy machine waiting threads made each epoch ten times slower. Other thread
-counts give slightly different numbers (floating-point sums in another order).
+testing at about 2,000 training samples/s, 18-22 s in all with Python's start-up. Seeds 1-3
+reach 98-99.6% after 10 epochs. The default is one thread because the tensors are tiny: a
+second thread gained 10% here, and on a busy machine waiting threads made each epoch ten times
+slower. Other thread counts give slightly different numbers (sums in another order).
 """
 
 import argparse
@@ -169,13 +169,17 @@ def write_plot(result: Dict, path: str) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m involution.examples.digits",
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=15, help="passes over the training set (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=32, help="training batch size (default: %(default)s)")
-    parser.add_argument("--lr", type=float, default=1e-2, help="peak learning rate (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=15,
+                        help="passes over the training set (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="training batch size (default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=1e-2,
+                        help="peak learning rate (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1,
                         help="intra-op threads (default: %(default)s; the tensors are tiny)")
     parser.add_argument("--seed", type=int, default=0,
-                        help="initial weights and batch order; the split is fixed (default: %(default)s)")
+                        help="initial weights and batch order; the split is fixed "
+                             "(default: %(default)s)")
     parser.add_argument("--limit", type=int, default=None, metavar="N",
                         help="train on the first N training images only (quick runs)")
     parser.add_argument("--plot", metavar="PNG", help="also plot loss and accuracy per epoch")
