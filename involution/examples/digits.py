@@ -20,11 +20,12 @@ trained with AdamW and a one-cycle learning-rate schedule. Each epoch prints a p
 line gives the final test accuracy and the time spent training and testing.
 
 Measured with the defaults (15 epochs, batch 32, seed 0, one thread) on a 2-core x86 CPU:
-99.1% test accuracy (446/450; chance is 10%) after 15 epochs, in 11-13 s of training and
-testing at about 2,000 training samples/s, 18-22 s in all with Python's start-up. Seeds 1-3
-reach 98-99.6% after 10 epochs. The default is one thread because the tensors are tiny: a
-second thread gained 10% here, and on a busy machine waiting threads made each epoch ten times
-slower. Other thread counts give slightly different numbers (sums in another order).
+99.1% test accuracy (446/450; chance is 10%) after 15 epochs, in 11-15 s of training and
+testing (1,300-2,300 training samples/s, as the shared machine's load varied), 18-24 s in all
+with Python's start-up. Seeds 1-3 reach 98-99.6% after 10 epochs. The default is one thread
+because the tensors are tiny: a second thread gained 10% here, and on a busy machine waiting
+threads made each epoch ten times slower. Other thread counts give slightly different numbers
+(sums in another order).
 """
 
 import argparse
