@@ -20,11 +20,12 @@ trained with AdamW and a one-cycle learning-rate schedule. Each epoch prints a p
 line gives the final test accuracy and the time spent training and testing.
 
 Measured with the defaults (15 epochs, batch 32, seed 0, one thread) on a 2-core x86 CPU:
-99.1% test accuracy (446/450; chance is 10%) after 15 epochs, in 11-13 s of training and
-testing at about 2,000 training samples/s, 18-22 s in all with Python's start-up. Seeds 1-3
-reach 98-99.6% after 10 epochs. The default is one thread because the tensors are tiny: a
-second thread gained 10% here, and on a busy machine waiting threads made each epoch ten times
-slower. Other thread counts give slightly different numbers (sums in another order).
+99.1% test accuracy (446/450; chance is 10%) after 15 epochs, in 11-15 s of training and
+testing (1,300-2,300 training samples/s, as the shared machine's load varied), 18-24 s in all
+with Python's start-up. Seeds 1-3 reach 98-99.6% after 10 epochs. The default is one thread
+because the tensors are tiny: a second thread gained 10% here, and on a busy machine waiting
+threads made each epoch ten times slower. Other thread counts give slightly different numbers
+(sums in another order).
 """
 
 import argparse
@@ -106,7 +107,7 @@ def train(args) -> Dict:
     generator = torch.Generator().manual_seed(args.seed)
     print(f"digits: {len(x_train)} training / {len(x_test)} test images, "
           f"{sum(p.numel() for p in model.parameters())} parameters, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} thread(s)")
     history = []
     start = time.perf_counter()
     for epoch in range(1, args.epochs + 1):
@@ -137,12 +138,12 @@ def train(args) -> Dict:
     final = history[-1]["test_accuracy"]
     print(f"final test accuracy {100 * final:.1f}% ({round(final * len(x_test))}/{len(x_test)}) "
           f"after {args.epochs} epochs in {total:.1f} s")
-    return {"train_size": len(x_train), "test_size": len(x_test), "threads":
-            torch.get_num_threads(), "args": vars(args), "epochs": history,
+    return {"train_size": len(x_train), "test_size": len(x_test),
+            "threads": torch.get_num_threads(), "args": vars(args), "epochs": history,
             "final_test_accuracy": final, "total_seconds": total}
 
 
-def write_plot(result: Dict, path: str) -> None:
+def pyplot():
     try:
         import matplotlib
 
@@ -150,6 +151,11 @@ def write_plot(result: Dict, path: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError as e:
         raise SystemExit(f"--plot needs matplotlib ({e}); pip install matplotlib") from e
+    return plt
+
+
+def write_plot(result: Dict, path: str) -> None:
+    plt = pyplot()
     epochs = [r["epoch"] for r in result["epochs"]]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
     loss_ax.plot(epochs, [r["train_loss"] for r in result["epochs"]], marker="o")
@@ -189,6 +195,8 @@ def main(argv=None) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.plot:
+        pyplot()  # fail now rather than after training
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
