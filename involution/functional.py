@@ -18,6 +18,11 @@ def _expand(value: IntOrPair, n: int, name: str) -> Tuple[int, ...]:
     return value
 
 
+def _params(n: int, stride: IntOrPair, padding: IntOrPair, dilation: IntOrPair):
+    return (_expand(stride, n, "stride"), _expand(padding, n, "padding"),
+            _expand(dilation, n, "dilation"))
+
+
 def involution2d(
     input: torch.Tensor,
     weight: torch.Tensor,
@@ -45,13 +50,7 @@ def involution2d(
         ``weight``, to any order. Supports float64, float32, float16 and bfloat16 (the half
         types accumulate in float32).
     """
-    return torch.ops.involution.involution2d(
-        input,
-        weight,
-        _expand(stride, 2, "stride"),
-        _expand(padding, 2, "padding"),
-        _expand(dilation, 2, "dilation"),
-    )
+    return torch.ops.involution.involution2d(input, weight, *_params(2, stride, padding, dilation))
 
 
 def involution3d(
@@ -78,10 +77,4 @@ def involution3d(
         with taps outside the volume counted as zero. Differentiable to any order; float64,
         float32, float16 and bfloat16.
     """
-    return torch.ops.involution.involution3d(
-        input,
-        weight,
-        _expand(stride, 3, "stride"),
-        _expand(padding, 3, "padding"),
-        _expand(dilation, 3, "dilation"),
-    )
+    return torch.ops.involution.involution3d(input, weight, *_params(3, stride, padding, dilation))

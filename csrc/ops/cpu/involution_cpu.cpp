@@ -3,12 +3,11 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/Version.h>
-#include <ATen/ops/empty.h>
 
 #include <algorithm>
 #include <string>
 
-#include "../checks.h"
+#include "../prepare.h"
 #include "kernel_table.h"
 
 namespace involution {
@@ -38,16 +37,12 @@ const KernelTable& kernels() {
   return *table;
 }
 
-at::Tensor empty_like_sizes(const std::vector<c10::SymInt>& sizes, const at::Tensor& like) {
-  return at::empty(C10_AS_INTARRAYREF_SLOW(sizes), like.options());
-}
-
 // out = kernel(a, b) over `tasks` tasks in parallel, with the kernel that `pick` chooses from
 // the table of a's dtype. a, b and out are contiguous; a task costs about
 // kRowsPerTask * C/G * taps * row_width multiply-adds.
 template <typename Pick>
-void run(const Geometry& g, int64_t tasks, int64_t row_width,
-         const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, const Pick& pick) {
+void run(const Geometry& g, int64_t tasks, int64_t row_width, const at::Tensor& a,
+         const at::Tensor& b, const at::Tensor& out, const Pick& pick) {
   const int64_t task_work = kRowsPerTask * g.channels_per_group() * g.taps() * row_width;
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, task_work));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "involution_cpu", [&] {
@@ -65,54 +60,38 @@ void run(const Geometry& g, int64_t tasks, int64_t row_width,
 
 at::Tensor forward(const char* op, int64_t dims, const at::Tensor& input, const at::Tensor& weight,
                    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
-  const auto sizes = detail::check_forward(op, dims, input, weight, stride, padding, dilation);
-  at::Tensor output = empty_like_sizes(sizes, input);
-  if (output.numel() == 0) return output;
-
-  const at::Tensor x = input.contiguous();
-  const at::Tensor w = weight.contiguous();
-  const Geometry g = detail::make_geometry(dims, x.sizes(), w.sizes(), stride, padding, dilation);
-  run(g, output_row_tasks(g), g.out[2], x, w, output,
-      [](const auto& k) { return k.forward; });
-  return output;
+  const auto p = detail::prepare_forward(op, dims, input, weight, stride, padding, dilation);
+  if (p.work) {
+    run(p.g, output_row_tasks(p.g), p.g.out[2], p.a, p.b, p.out,
+        [](const auto& k) { return k.forward; });
+  }
+  return p.out;
 }
 
 at::Tensor backward_input(const char* op, int64_t dims, const at::Tensor& grad_output,
                           const at::Tensor& weight, c10::SymIntArrayRef input_size,
                           at::IntArrayRef stride, at::IntArrayRef padding,
                           at::IntArrayRef dilation) {
-  const auto sizes = detail::check_backward_input(op, dims, grad_output, weight, input_size,
-                                                  stride, padding, dilation);
-  at::Tensor grad_input = empty_like_sizes(sizes, grad_output);
-  if (grad_input.numel() == 0) return grad_input;
-  if (grad_output.numel() == 0) return grad_input.zero_();
-
-  const at::Tensor gy = grad_output.contiguous();
-  const at::Tensor w = weight.contiguous();
-  const Geometry g =
-      detail::make_geometry(dims, grad_input.sizes(), w.sizes(), stride, padding, dilation);
-  run(g, input_row_tasks(g), g.in[2], gy, w, grad_input,
-      [](const auto& k) { return k.backward_input; });
-  return grad_input;
+  const auto p = detail::prepare_backward_input(op, dims, grad_output, weight, input_size, stride,
+                                                padding, dilation);
+  if (p.work) {
+    run(p.g, input_row_tasks(p.g), p.g.in[2], p.a, p.b, p.out,
+        [](const auto& k) { return k.backward_input; });
+  }
+  return p.out;
 }
 
 at::Tensor backward_weight(const char* op, int64_t dims, const at::Tensor& grad_output,
                            const at::Tensor& input, at::IntArrayRef kernel_size, int64_t groups,
                            at::IntArrayRef stride, at::IntArrayRef padding,
                            at::IntArrayRef dilation) {
-  const auto sizes = detail::check_backward_weight(op, dims, grad_output, input, kernel_size,
-                                                   groups, stride, padding, dilation);
-  at::Tensor grad_weight = empty_like_sizes(sizes, grad_output);
-  if (grad_weight.numel() == 0) return grad_weight;
-  if (grad_output.numel() == 0) return grad_weight.zero_();
-
-  const at::Tensor gy = grad_output.contiguous();
-  const at::Tensor x = input.contiguous();
-  const Geometry g =
-      detail::make_geometry(dims, x.sizes(), grad_weight.sizes(), stride, padding, dilation);
-  run(g, output_row_tasks(g), g.out[2], gy, x, grad_weight,
-      [](const auto& k) { return k.backward_weight; });
-  return grad_weight;
+  const auto p = detail::prepare_backward_weight(op, dims, grad_output, input, kernel_size, groups,
+                                                 stride, padding, dilation);
+  if (p.work) {
+    run(p.g, output_row_tasks(p.g), p.g.out[2], p.a, p.b, p.out,
+        [](const auto& k) { return k.backward_weight; });
+  }
+  return p.out;
 }
 
 }  // namespace cpu

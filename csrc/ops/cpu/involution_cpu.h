@@ -1,6 +1,6 @@
 #pragma once
 // CPU implementations shared by involution2d and involution3d (`dims` spatial axes).
-// They check their arguments (checks.h), make inputs contiguous, and run the kernels of
+// They check and prepare their arguments (prepare.h) and run the kernels of
 // involution_kernels.h in parallel over rows.
 
 #include <ATen/core/Tensor.h>
