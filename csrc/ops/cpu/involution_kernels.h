@@ -117,6 +117,36 @@ inline void store(scalar_t* out, const V& v, int64_t count) {
   }
 }
 
+// Loads one vector of Lanes elements of type scalar_t, converted to the accumulation type.
+template <typename V, typename scalar_t>
+inline V load_as(const scalar_t* p) {
+  using acc_t = std::decay_t<decltype(V{}[0])>;
+  constexpr int Lanes = sizeof(V) / sizeof(acc_t);
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return load<V>(p);
+  } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    // bfloat16 is the upper half of a float: widen the bits and shift them into place.
+    typedef uint16_t Bits16 __attribute__((vector_size(2 * Lanes)));
+    typedef uint32_t Bits32 __attribute__((vector_size(4 * Lanes)));
+    const Bits32 bits = __builtin_convertvector(load<Bits16>(p), Bits32) << 16;
+    V v;
+    std::memcpy(&v, &bits, sizeof(V));
+    return v;
+  } else {
+#if defined(INVOLUTION_CPU_F16C)
+    if constexpr (Lanes == 8) {
+      const __m256 f = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+      V v;
+      std::memcpy(&v, &f, sizeof(V));
+      return v;
+    }
+#endif
+    V v;
+    for (int l = 0; l < Lanes; ++l) v[l] = static_cast<acc_t>(p[l]);
+    return v;
+  }
+}
+
 // dst[0, n) = src[0, n) converted, with SIMD copies when no conversion is needed (a plain loop
 // would become a libc call per short row).
 template <typename acc_t, int Lanes, typename scalar_t>
@@ -146,43 +176,11 @@ inline void zero(T* dst, int64_t n) {
   for (int64_t j = 0; j < n; ++j) dst[j] = T(0);
 }
 
-// Stages input row `src` (width W) into s phases of `phase_len` slots:
-// dst[r * phase_len + q] = src[q * s + r - p], zero outside the row.
-template <typename acc_t, int Lanes, typename scalar_t>
-void stage_phases(const scalar_t* src, const Geometry& g, int64_t phase_len, acc_t* dst) {
-  const int64_t s = g.stride[2], p = g.padding[2], W = g.in[2];
-  for (int64_t r = 0; r < s; ++r) {
-    acc_t* out = dst + r * phase_len;
-    // Slots q whose column q*s + r - p lies in [0, W).
-    const int64_t lo = std::min(phase_len, std::max<int64_t>(0, ceil_div(p - r, s)));
-    const int64_t hi = std::max(lo, std::min(phase_len, floor_div(W - 1 + p - r, s) + 1));
-    zero(out, lo);
-    if (s == 1) {
-      copy_row<acc_t, Lanes>(src + lo - p, hi - lo, out + lo);
-    } else {
-      const scalar_t* in = src + lo * s + r - p;
-      for (int64_t q = lo; q < hi; ++q) out[q] = static_cast<acc_t>(in[(q - lo) * s]);
-    }
-    zero(out + hi, phase_len - hi);
-  }
-}
-
-// Stages an output-sized row `src` (width OW) zero-stuffed: dst[j*s + shift] = src[j] for the
-// j that land in [0, len), zero everywhere else.
-template <typename acc_t, int Lanes, typename scalar_t>
-void stage_stuffed(const scalar_t* src, int64_t out_width, int64_t s, int64_t shift, int64_t len,
-                   acc_t* dst) {
-  const int64_t lo = std::min(out_width, std::max<int64_t>(0, ceil_div(-shift, s)));
-  const int64_t hi = std::max(lo, std::min(out_width, floor_div(len - 1 - shift, s) + 1));
-  if (s == 1) {
-    const int64_t first = lo + shift;  // the slot of src[lo]
-    zero(dst, first);
-    copy_row<acc_t, Lanes>(src + lo, hi - lo, dst + first);
-    zero(dst + first + (hi - lo), len - first - (hi - lo));
-  } else {
-    zero(dst, len);
-    for (int64_t j = lo; j < hi; ++j) dst[j * s + shift] = static_cast<acc_t>(src[j]);
-  }
+// dst[0, n) = src[0, n) converted to the storage type; src holds round_up(n, Lanes) elements.
+template <int Lanes, typename acc_t, typename scalar_t>
+void store_row(const acc_t* src, int64_t n, scalar_t* dst) {
+  using V = typename Simd<acc_t, Lanes>::type;
+  for (int64_t j = 0; j < n; j += Lanes) store(dst + j, load<V>(src + j), std::min<int64_t>(Lanes, n - j));
 }
 
 // Valid index ranges along the depth/height axes.
@@ -205,19 +203,40 @@ inline TapRange taps_in_range(int64_t o, int64_t s, int64_t p, int64_t d, int64_
 
 template <typename acc_t, int Lanes>
 struct InputSlab {
-  int64_t first_row = 0;  // input row of staged row 0
-  int64_t rows = 0;       // staged rows per (channel, kd)
-  int64_t kd_lo = 0, kd_count = 0;
+  // Layout, fixed for a geometry: [channel][kd][row][phase][phase_len]. A staged row is the
+  // input row with p zeros on its left (column c at padded slot c + p) and zeros on its right,
+  // split into its s phases: slot q of phase r holds padded slot q * s + r. Output column j at
+  // tap kw then reads phase (kw*d) % s, slot j + (kw*d) / s: contiguous in j for every stride.
   int64_t phase_len = 0;
   int64_t row_stride = 0;      // s * phase_len
-  int64_t channel_stride = 0;  // kd_count * rows * row_stride
+  int64_t max_rows = 0;        // input rows read by kRowsPerTask output rows
+  int64_t channel_stride = 0;  // KD * max_rows * row_stride
+  int64_t first_row = 0;       // input row of staged row 0 in the current task
+  int64_t kd_lo = 0, kd_count = 0;
+  std::vector<int64_t> column_offset;  // of tap kw in a staged row
   std::vector<acc_t> data;
+  std::vector<acc_t> scratch;  // one padded row before its phase split (s > 1)
 
   // Stages the input rows read by output rows [oh0, oh1) of output depth od, for the channels
   // [c0, c0 + count) (c0 counts b*C + c).
   template <typename scalar_t>
   void stage(const Geometry& g, const scalar_t* x, int64_t c0, int64_t count, int64_t od,
              int64_t oh0, int64_t oh1) {
+    const int64_t s = g.stride[2], W = g.in[2];
+    if (data.empty()) {
+      // The zeros of the padding sit at the same slots in every row: written once here.
+      phase_len = round_up(g.out[2], Lanes) + (g.kernel[2] - 1) * g.dilation[2] / s + 1;
+      row_stride = s * phase_len;
+      max_rows = (kRowsPerTask - 1) * g.stride[1] + (g.kernel[1] - 1) * g.dilation[1] + 1;
+      channel_stride = g.kernel[0] * max_rows * row_stride;
+      data.assign(count * channel_stride, acc_t(0));
+      scratch.assign(s > 1 ? row_stride : 0, acc_t(0));
+      column_offset.resize(g.kernel[2]);
+      for (int64_t kw = 0; kw < g.kernel[2]; ++kw) {
+        const int64_t off = kw * g.dilation[2];
+        column_offset[kw] = (off % s) * phase_len + off / s;
+      }
+    }
     const TapRange kd = taps_in_range(od, g.stride[0], g.padding[0], g.dilation[0], g.kernel[0],
                                       g.in[0]);
     kd_lo = kd.lo;
@@ -225,20 +244,34 @@ struct InputSlab {
     first_row = std::max<int64_t>(0, oh0 * g.stride[1] - g.padding[1]);
     const int64_t last_row = std::min(
         g.in[1] - 1, (oh1 - 1) * g.stride[1] - g.padding[1] + (g.kernel[1] - 1) * g.dilation[1]);
-    rows = std::max<int64_t>(0, last_row - first_row + 1);
-    phase_len = round_up(g.out[2], Lanes) + (g.kernel[2] - 1) * g.dilation[2] / g.stride[2] + 1;
-    row_stride = g.stride[2] * phase_len;
-    channel_stride = kd_count * rows * row_stride;
-    if (static_cast<int64_t>(column_offset.size()) != g.kernel[2]) plan_columns(g);
-    if (static_cast<int64_t>(data.size()) < count * channel_stride) data.resize(count * channel_stride);
-    const int64_t plane = g.in[1] * g.in[2];
+    const int64_t rows = std::max<int64_t>(0, last_row - first_row + 1);
+    // Padded slots [left, left + n) hold the row; later slots are never read.
+    const int64_t left = std::min(g.padding[2], row_stride);
+    const int64_t n = std::min(W, row_stride - left);
+    const int64_t plane = g.in[1] * W;
     for (int64_t c = 0; c < count; ++c) {
-      for (int64_t k = 0; k < kd_count; ++k) {
-        const int64_t id = od * g.stride[0] - g.padding[0] + (kd_lo + k) * g.dilation[0];
-        const scalar_t* src = x + (c0 + c) * g.in_volume() + id * plane + first_row * g.in[2];
-        acc_t* dst = data.data() + c * channel_stride + k * rows * row_stride;
+      for (int64_t k = kd.lo; k < kd.hi; ++k) {
+        const int64_t id = od * g.stride[0] - g.padding[0] + k * g.dilation[0];
+        const scalar_t* src = x + (c0 + c) * g.in_volume() + id * plane + first_row * W;
+        acc_t* dst = data.data() + c * channel_stride + k * max_rows * row_stride;
         for (int64_t r = 0; r < rows; ++r) {
-          stage_phases<acc_t, Lanes>(src + r * g.in[2], g, phase_len, dst + r * row_stride);
+          acc_t* row = dst + r * row_stride;
+          if (s == 1) {
+            copy_row<acc_t, Lanes>(src + r * W, n, row + left);
+            continue;
+          }
+          copy_row<acc_t, Lanes>(src + r * W, n, scratch.data() + left);
+          const acc_t* padded = scratch.data();
+          if (s == 2) {  // the common case, in a loop the compiler vectorises
+            for (int64_t q = 0; q < phase_len; ++q) {
+              row[q] = padded[2 * q];
+              row[phase_len + q] = padded[2 * q + 1];
+            }
+          } else {
+            for (int64_t ph = 0; ph < s; ++ph) {
+              for (int64_t q = 0; q < phase_len; ++q) row[ph * phase_len + q] = padded[q * s + ph];
+            }
+          }
         }
       }
     }
@@ -248,16 +281,7 @@ struct InputSlab {
   // c * channel_stride further); output column 0 at tap column kw reads column_offset[kw] in it.
   const acc_t* row(const Geometry& g, int64_t kd, int64_t oh, int64_t kh) const {
     const int64_t r = oh * g.stride[1] - g.padding[1] + kh * g.dilation[1] - first_row;
-    return data.data() + ((kd - kd_lo) * rows + r) * row_stride;
-  }
-  std::vector<int64_t> column_offset;
-
-  void plan_columns(const Geometry& g) {
-    column_offset.resize(g.kernel[2]);
-    for (int64_t kw = 0; kw < g.kernel[2]; ++kw) {
-      const int64_t off = kw * g.dilation[2];
-      column_offset[kw] = (off % g.stride[2]) * phase_len + off / g.stride[2];
-    }
+    return data.data() + (kd * max_rows + r) * row_stride;
   }
 };
 
@@ -271,45 +295,59 @@ void forward(const Geometry& g, const scalar_t* x, const scalar_t* w, scalar_t* 
   const int64_t OD = g.out[0], OH = g.out[1], OW = g.out[2];
   const int64_t KH = g.kernel[1], KW = g.kernel[2];
   const int64_t cpg = g.channels_per_group(), taps = g.taps(), out_volume = g.out_volume();
-  const int64_t ow_padded = round_up(OW, Lanes);
   const int64_t blocks = ceil_div(OH, kRowsPerTask);
 
+  // Weights are read in place (converted to acc_t as they are loaded), except for the last,
+  // partial block of Lanes columns, which would read past its row: a zero-padded copy of that
+  // block, [tap][row][Lanes], stands in for it.
+  const int64_t ow_full = OW - OW % Lanes;
   InputSlab<acc_t, Lanes> slab;
-  std::vector<acc_t> w_staged(taps * kRowsPerTask * ow_padded);  // [tap][row][ow_padded]
+  std::vector<scalar_t> w_tail(ow_full < OW ? taps * kRowsPerTask * Lanes : 0);
 
   for (int64_t task = begin; task < end; ++task) {
     const int64_t oh0 = (task % blocks) * kRowsPerTask, oh1 = std::min(OH, oh0 + kRowsPerTask);
     const int64_t od = (task / blocks) % OD, bg = task / (blocks * OD);
     const int64_t c0 = (bg / g.groups) * g.channels + (bg % g.groups) * cpg;  // b*C + first c
-    const int64_t nrows = oh1 - oh0;
     slab.stage(g, x, c0, cpg, od, oh0, oh1);
     const scalar_t* w_task = w + bg * taps * out_volume + (od * OH + oh0) * OW;
-    for (int64_t t = 0; t < taps; ++t) {
-      for (int64_t r = 0; r < nrows; ++r) {
-        acc_t* dst = w_staged.data() + (t * kRowsPerTask + r) * ow_padded;
-        copy_row<acc_t, Lanes>(w_task + t * out_volume + r * OW, OW, dst);
-        zero(dst + OW, ow_padded - OW);
+    if (ow_full < OW) {
+      for (int64_t t = 0; t < taps; ++t) {
+        for (int64_t r = 0; r < oh1 - oh0; ++r) {
+          scalar_t* dst = w_tail.data() + (t * kRowsPerTask + r) * Lanes;
+          const scalar_t* src = w_task + t * out_volume + r * OW + ow_full;
+          for (int64_t l = 0; l < Lanes; ++l) dst[l] = l < OW - ow_full ? src[l] : scalar_t(0);
+        }
       }
     }
 
     const int64_t* column_offset = slab.column_offset.data();
+    const bool unit = g.stride[2] == 1 && g.dilation[2] == 1;
+    const bool phase2 = g.stride[2] == 2 && g.dilation[2] == 1;
     for (int64_t oh = oh0; oh < oh1; ++oh) {
       const TapRange kh = taps_in_range(oh, g.stride[1], g.padding[1], g.dilation[1], KH, g.in[1]);
       scalar_t* y_row = y + c0 * out_volume + (od * OH + oh) * OW;
-      auto block = [&](auto channels, int64_t c, int64_t j0) {
+      // Output columns [j0, j0 + Lanes) of channels [c, c + NB); tap t's weights are at
+      // w_row + t * w_tap_stride.
+      auto block = [&](auto channels, auto kw_const, auto s_const, int64_t c, int64_t j0,
+                       const scalar_t* w_row, int64_t w_tap_stride) {
         constexpr int NB = decltype(channels)::value;
-        const int64_t w_tap_stride = kRowsPerTask * ow_padded, kw_count = KW;
+        constexpr int KWc = decltype(kw_const)::value;
+        constexpr int Sc = decltype(s_const)::value;
+        const int64_t kw_count = KWc > 0 ? KWc : KW;
+        const int64_t phase_len = slab.phase_len;
         V acc[NB] = {};
         for (int64_t kd = slab.kd_lo; kd < slab.kd_lo + slab.kd_count; ++kd) {
           for (int64_t u = kh.lo; u < kh.hi; ++u) {
-            const acc_t* w_tap = w_staged.data() +
-                                 (((kd * KH + u) * KW) * kRowsPerTask + (oh - oh0)) * ow_padded + j0;
+            const scalar_t* w_tap = w_row + (kd * KH + u) * KW * w_tap_stride;
             const acc_t* x_row = slab.row(g, kd, oh, u) + c * slab.channel_stride + j0;
             const acc_t* xc[NB];
             for (int cb = 0; cb < NB; ++cb) xc[cb] = x_row + cb * slab.channel_stride;
+#pragma GCC unroll 8
             for (int64_t v = 0; v < kw_count; ++v) {
-              const V wv = load<V>(w_tap + v * w_tap_stride);
-              const int64_t off = column_offset[v];
+              const V wv = load_as<V>(w_tap + v * w_tap_stride);
+              const int64_t off = Sc == 1   ? v
+                                  : Sc == 2 ? (v % 2) * phase_len + v / 2
+                                            : column_offset[v];
               for (int cb = 0; cb < NB; ++cb) acc[cb] += wv * load<V>(xc[cb] + off);
             }
           }
@@ -317,14 +355,29 @@ void forward(const Geometry& g, const scalar_t* x, const scalar_t* w, scalar_t* 
         const int64_t count = std::min<int64_t>(Lanes, OW - j0);
         for (int cb = 0; cb < NB; ++cb) store(y_row + (c + cb) * out_volume + j0, acc[cb], count);
       };
-      // Channel blocks outermost: one block's staged rows and the row's weights stay in L1.
-      int64_t c = 0;
-      for (; c + CB <= cpg; c += CB) {
-        for (int64_t j0 = 0; j0 < OW; j0 += Lanes) block(std::integral_constant<int, CB>(), c, j0);
-      }
-      for (; c < cpg; ++c) {
-        for (int64_t j0 = 0; j0 < OW; j0 += Lanes) block(std::integral_constant<int, 1>(), c, j0);
-      }
+      auto columns = [&](auto channels, auto kw_const, auto s_const, int64_t c) {
+        for (int64_t j0 = 0; j0 < ow_full; j0 += Lanes) {
+          block(channels, kw_const, s_const, c, j0, w_task + (oh - oh0) * OW + j0, out_volume);
+        }
+        if (ow_full < OW) {
+          block(channels, kw_const, s_const, c, ow_full, w_tail.data() + (oh - oh0) * Lanes,
+                kRowsPerTask * Lanes);
+        }
+      };
+      auto channel_blocks = [&](auto kw_const, auto s_const) {
+        // Channel blocks outermost: one block's staged rows and the row's weights stay in L1.
+        int64_t c = 0;
+        for (; c + CB <= cpg; c += CB) columns(std::integral_constant<int, CB>(), kw_const, s_const, c);
+        for (; c < cpg; ++c) columns(std::integral_constant<int, 1>(), kw_const, s_const, c);
+      };
+      using I0 = std::integral_constant<int, 0>;
+      using I1 = std::integral_constant<int, 1>;
+      using I2 = std::integral_constant<int, 2>;
+      if (KW == 7 && unit) channel_blocks(std::integral_constant<int, 7>(), I1());
+      else if (KW == 7 && phase2) channel_blocks(std::integral_constant<int, 7>(), I2());
+      else if (KW == 3 && unit) channel_blocks(std::integral_constant<int, 3>(), I1());
+      else if (KW == 3 && phase2) channel_blocks(std::integral_constant<int, 3>(), I2());
+      else channel_blocks(I0(), I0());
     }
   }
 }
@@ -333,34 +386,39 @@ template <typename scalar_t, typename acc_t, int Lanes>
 void backward_weight(const Geometry& g, const scalar_t* grad_y, const scalar_t* x,
                      scalar_t* grad_w, int64_t begin, int64_t end) {
   using V = typename Simd<acc_t, Lanes>::type;
-  constexpr int TB = 4;  // taps sharing each grad_output load
   const int64_t OD = g.out[0], OH = g.out[1], OW = g.out[2];
   const int64_t KD = g.kernel[0], KH = g.kernel[1], KW = g.kernel[2];
   const int64_t cpg = g.channels_per_group(), taps = g.taps(), out_volume = g.out_volume();
-  const int64_t ow_padded = round_up(OW, Lanes);
   const int64_t blocks = ceil_div(OH, kRowsPerTask);
+  const bool unit = g.stride[2] == 1 && g.dilation[2] == 1;
+  const bool phase2 = g.stride[2] == 2 && g.dilation[2] == 1;
 
+  // grad_output is read in place, as the weights are in forward(), with a zero-padded copy of
+  // its last, partial block of Lanes columns: [channel][row][Lanes].
+  const int64_t ow_full = OW - OW % Lanes;
   InputSlab<acc_t, Lanes> slab;
-  std::vector<acc_t> gy_staged(cpg * kRowsPerTask * ow_padded);  // [channel][row][ow_padded]
+  std::vector<scalar_t> gy_tail(ow_full < OW ? cpg * kRowsPerTask * Lanes : 0);
 
   for (int64_t task = begin; task < end; ++task) {
     const int64_t oh0 = (task % blocks) * kRowsPerTask, oh1 = std::min(OH, oh0 + kRowsPerTask);
     const int64_t od = (task / blocks) % OD, bg = task / (blocks * OD);
     const int64_t c0 = (bg / g.groups) * g.channels + (bg % g.groups) * cpg;
     slab.stage(g, x, c0, cpg, od, oh0, oh1);
-    for (int64_t c = 0; c < cpg; ++c) {
-      for (int64_t oh = oh0; oh < oh1; ++oh) {
-        acc_t* dst = gy_staged.data() + (c * kRowsPerTask + oh - oh0) * ow_padded;
-        copy_row<acc_t, Lanes>(grad_y + (c0 + c) * out_volume + (od * OH + oh) * OW, OW, dst);
-        zero(dst + OW, ow_padded - OW);
+    const scalar_t* gy_task = grad_y + c0 * out_volume + (od * OH + oh0) * OW;
+    if (ow_full < OW) {
+      for (int64_t c = 0; c < cpg; ++c) {
+        for (int64_t r = 0; r < oh1 - oh0; ++r) {
+          scalar_t* dst = gy_tail.data() + (c * kRowsPerTask + r) * Lanes;
+          const scalar_t* src = gy_task + c * out_volume + r * OW + ow_full;
+          for (int64_t l = 0; l < Lanes; ++l) dst[l] = l < OW - ow_full ? src[l] : scalar_t(0);
+        }
       }
     }
-    const int64_t gy_channel_stride = kRowsPerTask * ow_padded;
     scalar_t* gw_task = grad_w + bg * taps * out_volume + od * OH * OW;
+    const int64_t phase_len = slab.phase_len;
 
     for (int64_t oh = oh0; oh < oh1; ++oh) {
       const TapRange kh = taps_in_range(oh, g.stride[1], g.padding[1], g.dilation[1], KH, g.in[1]);
-      const acc_t* gy_row = gy_staged.data() + (oh - oh0) * ow_padded;
       for (int64_t kd = 0; kd < KD; ++kd) {
         for (int64_t u = 0; u < KH; ++u) {
           scalar_t* gw_row = gw_task + ((kd * KH + u) * KW) * out_volume + oh * OW;
@@ -370,26 +428,52 @@ void backward_weight(const Geometry& g, const scalar_t* grad_y, const scalar_t* 
             for (int64_t v = 0; v < KW; ++v) zero(gw_row + v * out_volume, OW);
             continue;
           }
-          for (int64_t j0 = 0; j0 < OW; j0 += Lanes) {
+          const acc_t* x_row = slab.row(g, kd, oh, u);
+          // Taps [v0, v0 + NT) of this row at output columns [j0, j0 + Lanes), summed over the
+          // group's channels; channel c's grad_output is at gy + c * gy_channel_stride.
+          auto block = [&](auto tap_count, auto s_const, int64_t v0, int64_t j0,
+                           const scalar_t* gy, int64_t gy_channel_stride) {
+            constexpr int NT = decltype(tap_count)::value;
+            constexpr int Sc = decltype(s_const)::value;
+            const acc_t* xp = x_row + j0;
+            int64_t off[NT];
+            for (int tb = 0; tb < NT; ++tb) {
+              const int64_t v = v0 + tb;
+              off[tb] = Sc == 1 ? v : Sc == 2 ? (v % 2) * phase_len + v / 2 : slab.column_offset[v];
+            }
+            V acc[NT] = {};
+            for (int64_t c = 0; c < cpg; ++c) {
+              const V gv = load_as<V>(gy + c * gy_channel_stride);
+              const acc_t* xc = xp + c * slab.channel_stride;
+              for (int tb = 0; tb < NT; ++tb) acc[tb] += gv * load<V>(xc + off[tb]);
+            }
             const int64_t count = std::min<int64_t>(Lanes, OW - j0);
-            const acc_t* x_row = slab.row(g, kd, oh, u) + j0;
-            auto block = [&](auto tap_count, int64_t v0) {
-              constexpr int NT = decltype(tap_count)::value;
-              const acc_t* xp[NT];
-              for (int tb = 0; tb < NT; ++tb) xp[tb] = x_row + slab.column_offset[v0 + tb];
-              V acc[NT] = {};
-              for (int64_t c = 0; c < cpg; ++c) {
-                const V gv = load<V>(gy_row + c * gy_channel_stride + j0);
-                for (int tb = 0; tb < NT; ++tb) {
-                  acc[tb] += gv * load<V>(xp[tb] + c * slab.channel_stride);
-                }
-              }
-              for (int tb = 0; tb < NT; ++tb) store(gw_row + (v0 + tb) * out_volume + j0, acc[tb], count);
-            };
-            int64_t v = 0;
-            for (; v + TB <= KW; v += TB) block(std::integral_constant<int, TB>(), v);
-            for (; v < KW; ++v) block(std::integral_constant<int, 1>(), v);
-          }
+            for (int tb = 0; tb < NT; ++tb) store(gw_row + (v0 + tb) * out_volume + j0, acc[tb], count);
+          };
+          auto row_taps = [&](auto s_const, int64_t j0, const scalar_t* gy, int64_t gy_stride) {
+            using std::integral_constant;
+            if (KW == 7 && s_const.value > 0) {
+              block(integral_constant<int, 7>(), s_const, 0, j0, gy, gy_stride);
+            } else if (KW == 3 && s_const.value > 0) {
+              block(integral_constant<int, 3>(), s_const, 0, j0, gy, gy_stride);
+            } else {
+              int64_t v = 0;
+              for (; v + 8 <= KW; v += 8) block(integral_constant<int, 8>(), s_const, v, j0, gy, gy_stride);
+              for (; v + 4 <= KW; v += 4) block(integral_constant<int, 4>(), s_const, v, j0, gy, gy_stride);
+              for (; v < KW; ++v) block(integral_constant<int, 1>(), s_const, v, j0, gy, gy_stride);
+            }
+          };
+          auto columns = [&](auto s_const) {
+            for (int64_t j0 = 0; j0 < ow_full; j0 += Lanes) {
+              row_taps(s_const, j0, gy_task + (oh - oh0) * OW + j0, out_volume);
+            }
+            if (ow_full < OW) {
+              row_taps(s_const, ow_full, gy_tail.data() + (oh - oh0) * Lanes, kRowsPerTask * Lanes);
+            }
+          };
+          if (unit) columns(std::integral_constant<int, 1>());
+          else if (phase2) columns(std::integral_constant<int, 2>());
+          else columns(std::integral_constant<int, 0>());
         }
       }
     }
@@ -400,6 +484,10 @@ void backward_weight(const Geometry& g, const scalar_t* grad_y, const scalar_t* 
 // Gradient with respect to the input, gather form:
 // gx[c, x] = sum over (kd, kh, kw) and the output column j with j*s = x + p - kw*d
 //            of w[tap, j] * gy[c, j].
+// Input columns are taken phase by phase: column x = m*s + r receives, from each tap kw with
+// (r + p - kw*d) a multiple of s, the product at output column j = m + e, e = (r + p - kw*d)/s,
+// which is contiguous in m. So every multiply-add contributes (no zero-stuffing for s > 1);
+// for s > 1 the phases are interleaved into the row when it is written.
 
 template <typename scalar_t, typename acc_t, int Lanes>
 void backward_input(const Geometry& g, const scalar_t* grad_y, const scalar_t* w,
@@ -410,19 +498,50 @@ void backward_input(const Geometry& g, const scalar_t* grad_y, const scalar_t* w
   const int64_t OD = g.out[0], OH = g.out[1], OW = g.out[2];
   const int64_t KD = g.kernel[0], KH = g.kernel[1], KW = g.kernel[2];
   const int64_t sd = g.stride[0], sh = g.stride[1], s = g.stride[2];
+  const int64_t p = g.padding[2], d = g.dilation[2];
   const int64_t cpg = g.channels_per_group(), taps = g.taps();
   const int64_t in_volume = g.in_volume(), out_volume = g.out_volume();
   const int64_t blocks = ceil_div(H, kRowsPerTask);
-  // Slot q of a stuffed row holds output column j with j*s = q + p - (KW-1)*d, so input
-  // column x at tap kw reads slot x + (KW-1-kw)*d.
-  const int64_t shift = (KW - 1) * g.dilation[2] - g.padding[2];
-  const int64_t len = round_up(W, Lanes) + (KW - 1) * g.dilation[2];
 
-  // grad_output rows read by this block, per (channel, kd, output row): stuffed.
-  std::vector<acc_t> gy_staged;
-  // weight rows per (kd, input row of the block, kh, kw): stuffed; each is read by one input row.
-  std::vector<acc_t> w_staged(KD * kRowsPerTask * KH * KW * len);
+  // The taps of each phase: (kw, e) for phase_taps[phase_begin[r], phase_begin[r + 1]).
+  struct PhaseTap {
+    int64_t kw, e;
+  };
+  const int64_t phases = std::min(s, W);
+  std::vector<PhaseTap> phase_taps;
+  std::vector<int64_t> phase_begin(phases + 1);
+  for (int64_t r = 0; r < phases; ++r) {
+    phase_begin[r] = static_cast<int64_t>(phase_taps.size());
+    for (int64_t kw = 0; kw < KW; ++kw) {
+      const int64_t n = r + p - kw * d;
+      if (n - floor_div(n, s) * s == 0) phase_taps.push_back({kw, floor_div(n, s)});
+    }
+  }
+  phase_begin[phases] = static_cast<int64_t>(phase_taps.size());
+  // Staged output-sized rows (grad_output and weights) are zero-padded: column j at slot
+  // j + left; phase slot m (m < m_padded) at tap offset e reads slot m + e + left.
+  const int64_t M = ceil_div(W, s);  // slots of phase 0, the longest
+  const int64_t m_padded = round_up(M, Lanes);
+  const int64_t left = std::max<int64_t>(0, -floor_div(p - (KW - 1) * d, s));
+  const int64_t len = m_padded + floor_div(s - 1 + p, s) + left;
+  // Slots [left, left + n) hold the row, at the same place in every staged row, so the zeros
+  // around them are written once, when the buffers are allocated. Later columns are never read.
+  const int64_t n = std::min(OW, len - left);
+  const bool unit = s == 1 && d == 1;  // phase 0 only, taps kw = 0.. with e = p - kw
+
+  // grad_output rows read by a block of input rows, [channel][kd][output row][len].
+  const int64_t max_out_rows = (kRowsPerTask - 1 + (KH - 1) * g.dilation[1]) / sh + 1;
+  const int64_t gy_channel_stride = KD * max_out_rows * len;
+  std::vector<acc_t> gy_staged(cpg * gy_channel_stride, acc_t(0));
+  // weight rows read by one input row, [kd][kh][kw][len].
+  std::vector<acc_t> w_staged(KD * KH * KW * len, acc_t(0));
+  // s > 1: the phases of a channel block, [channel][phase][m_padded], and one interleaved row.
+  std::vector<acc_t> phase_out(s > 1 ? CB * phases * m_padded : 0), row_out(s > 1 ? s * m_padded : 0);
   std::vector<int64_t> od_of(KD), oh_of(kRowsPerTask * KH);
+  struct TapRow {
+    int64_t gy, w;  // offsets of the staged grad_output row (channel 0) and weight rows
+  };
+  std::vector<TapRow> tap_rows;
 
   for (int64_t task = begin; task < end; ++task) {
     const int64_t ih0 = (task % blocks) * kRowsPerTask, ih1 = std::min(H, ih0 + kRowsPerTask);
@@ -438,15 +557,13 @@ void backward_input(const Geometry& g, const scalar_t* grad_y, const scalar_t* w
         0, ceil_div(ih0 + g.padding[1] - (KH - 1) * g.dilation[1], sh));
     const int64_t oh_last = std::min(OH - 1, floor_div(ih1 - 1 + g.padding[1], sh));
     const int64_t out_rows = std::max<int64_t>(0, oh_last - oh_first + 1);
-    const int64_t gy_channel_stride = KD * out_rows * len;
-    if (static_cast<int64_t>(gy_staged.size()) < cpg * gy_channel_stride) gy_staged.resize(cpg * gy_channel_stride);
     for (int64_t c = 0; c < cpg; ++c) {
       for (int64_t kd = 0; kd < KD; ++kd) {
         if (od_of[kd] < 0) continue;
         for (int64_t r = 0; r < out_rows; ++r) {
           const scalar_t* src = grad_y + (c0 + c) * out_volume + (od_of[kd] * OH + oh_first + r) * OW;
-          stage_stuffed<acc_t, Lanes>(src, OW, s, shift, len,
-                                      gy_staged.data() + c * gy_channel_stride + (kd * out_rows + r) * len);
+          acc_t* dst = gy_staged.data() + c * gy_channel_stride + (kd * max_out_rows + r) * len;
+          copy_row<acc_t, Lanes>(src, n, dst + left);
         }
       }
     }
@@ -457,56 +574,92 @@ void backward_input(const Geometry& g, const scalar_t* grad_y, const scalar_t* w
         oh_of[(ih - ih0) * KH + kh] = (n >= 0 && n % sh == 0 && n / sh < OH) ? n / sh : -1;
       }
     }
-    auto output_row = [&](int64_t ih, int64_t kh) { return oh_of[(ih - ih0) * KH + kh]; };
     const scalar_t* w_bg = w + bg * taps * out_volume;
-    for (int64_t kd = 0; kd < KD; ++kd) {
-      if (od_of[kd] < 0) continue;
-      for (int64_t ih = ih0; ih < ih1; ++ih) {
-        for (int64_t kh = 0; kh < KH; ++kh) {
-          const int64_t oh = output_row(ih, kh);
-          if (oh < 0) continue;
-          for (int64_t kw = 0; kw < KW; ++kw) {
-            const scalar_t* src = w_bg + ((kd * KH + kh) * KW + kw) * out_volume + (od_of[kd] * OH + oh) * OW;
-            stage_stuffed<acc_t, Lanes>(src, OW, s, shift, len,
-                                        w_staged.data() + (((kd * kRowsPerTask + ih - ih0) * KH + kh) * KW + kw) * len);
-          }
-        }
-      }
-    }
 
     for (int64_t ih = ih0; ih < ih1; ++ih) {
+      // The (kd, kh) tap rows that reach this input row, with their weight rows staged.
+      tap_rows.clear();
+      for (int64_t kd = 0; kd < KD; ++kd) {
+        if (od_of[kd] < 0) continue;
+        for (int64_t kh = 0; kh < KH; ++kh) {
+          const int64_t oh = oh_of[(ih - ih0) * KH + kh];
+          if (oh < 0) continue;
+          const int64_t w_offset = (kd * KH + kh) * KW * len;
+          for (int64_t kw = 0; kw < KW; ++kw) {
+            const scalar_t* src = w_bg + ((kd * KH + kh) * KW + kw) * out_volume + (od_of[kd] * OH + oh) * OW;
+            copy_row<acc_t, Lanes>(src, n, w_staged.data() + w_offset + kw * len + left);
+          }
+          tap_rows.push_back({(kd * max_out_rows + oh - oh_first) * len, w_offset});
+        }
+      }
+
       scalar_t* gx_row = grad_x + c0 * in_volume + (id * H + ih) * W;
-      auto block = [&](auto channels, int64_t c, int64_t x0) {
+      // Phase r, slots [m0, m0 + Lanes), channels [c, c + NB).
+      auto block = [&](auto channels, auto kw_const, int64_t c, int64_t r, int64_t m0, V* acc) {
         constexpr int NB = decltype(channels)::value;
-        const int64_t kw_count = KW, dilation = g.dilation[2];
-        V acc[NB] = {};
-        for (int64_t kd = 0; kd < KD; ++kd) {
-          if (od_of[kd] < 0) continue;
-          for (int64_t kh = 0; kh < KH; ++kh) {
-            const int64_t oh = output_row(ih, kh);
-            if (oh < 0) continue;
-            const acc_t* gy_row = gy_staged.data() + c * gy_channel_stride +
-                                  (kd * out_rows + oh - oh_first) * len + x0;
-            const acc_t* w_tap = w_staged.data() + ((kd * kRowsPerTask + ih - ih0) * KH + kh) * KW * len + x0;
-            const acc_t* gyc[NB];
-            for (int cb = 0; cb < NB; ++cb) gyc[cb] = gy_row + cb * gy_channel_stride;
-            for (int64_t kw = 0; kw < kw_count; ++kw) {
-              const int64_t q = (kw_count - 1 - kw) * dilation;
-              const V wv = load<V>(w_tap + kw * len + q);
-              for (int cb = 0; cb < NB; ++cb) acc[cb] += wv * load<V>(gyc[cb] + q);
+        constexpr int KWc = decltype(kw_const)::value;  // > 0: unit stride and dilation, KW == KWc
+        for (int cb = 0; cb < NB; ++cb) acc[cb] = V{};
+        for (const TapRow& tr : tap_rows) {
+          const acc_t* gy_row = gy_staged.data() + c * gy_channel_stride + tr.gy + left + m0;
+          const acc_t* w_row = w_staged.data() + tr.w + left + m0;
+          const acc_t* gyc[NB];
+          for (int cb = 0; cb < NB; ++cb) gyc[cb] = gy_row + cb * gy_channel_stride;
+          if constexpr (KWc > 0) {
+#pragma GCC unroll 8
+            for (int64_t kw = 0; kw < KWc; ++kw) {
+              const int64_t e = p - kw;
+              const V wv = load<V>(w_row + kw * len + e);
+              for (int cb = 0; cb < NB; ++cb) acc[cb] += wv * load<V>(gyc[cb] + e);
+            }
+          } else {
+            for (int64_t t = phase_begin[r]; t < phase_begin[r + 1]; ++t) {
+              const int64_t e = phase_taps[t].e;
+              const V wv = load<V>(w_row + phase_taps[t].kw * len + e);
+              for (int cb = 0; cb < NB; ++cb) acc[cb] += wv * load<V>(gyc[cb] + e);
             }
           }
         }
-        const int64_t count = std::min<int64_t>(Lanes, W - x0);
-        for (int cb = 0; cb < NB; ++cb) store(gx_row + (c + cb) * in_volume + x0, acc[cb], count);
       };
-      int64_t c = 0;
-      for (; c + CB <= cpg; c += CB) {
-        for (int64_t x0 = 0; x0 < W; x0 += Lanes) block(std::integral_constant<int, CB>(), c, x0);
-      }
-      for (; c < cpg; ++c) {
-        for (int64_t x0 = 0; x0 < W; x0 += Lanes) block(std::integral_constant<int, 1>(), c, x0);
-      }
+      auto channel_block = [&](auto channels, auto kw_const, int64_t c) {
+        constexpr int NB = decltype(channels)::value;
+        V acc[NB];
+        if (s == 1) {
+          for (int64_t m0 = 0; m0 < W; m0 += Lanes) {
+            block(channels, kw_const, c, 0, m0, acc);
+            const int64_t count = std::min<int64_t>(Lanes, W - m0);
+            for (int cb = 0; cb < NB; ++cb) store(gx_row + (c + cb) * in_volume + m0, acc[cb], count);
+          }
+          return;
+        }
+        for (int64_t r = 0; r < phases; ++r) {
+          for (int64_t m0 = 0; m0 < ceil_div(W - r, s); m0 += Lanes) {
+            block(channels, kw_const, c, r, m0, acc);
+            for (int cb = 0; cb < NB; ++cb) {
+              std::memcpy(phase_out.data() + (cb * phases + r) * m_padded + m0, &acc[cb], sizeof(V));
+            }
+          }
+        }
+        for (int cb = 0; cb < NB; ++cb) {
+          const acc_t* phase = phase_out.data() + cb * phases * m_padded;
+          if (s == 2) {
+            for (int64_t m = 0; m < m_padded; ++m) {
+              row_out[2 * m] = phase[m];
+              row_out[2 * m + 1] = phase[m_padded + m];
+            }
+          } else {
+            for (int64_t x = 0; x < W; ++x) row_out[x] = phase[(x % s) * m_padded + x / s];
+          }
+          store_row<Lanes>(row_out.data(), W, gx_row + (c + cb) * in_volume);
+        }
+      };
+      auto channel_blocks = [&](auto kw_const) {
+        int64_t c = 0;
+        for (; c + CB <= cpg; c += CB) channel_block(std::integral_constant<int, CB>(), kw_const, c);
+        for (; c < cpg; ++c) channel_block(std::integral_constant<int, 1>(), kw_const, c);
+      };
+      if (unit && KW == 7) channel_blocks(std::integral_constant<int, 7>());
+      else if (unit && KW == 3) channel_blocks(std::integral_constant<int, 3>());
+      else channel_blocks(std::integral_constant<int, 0>());
     }
   }
 }
