@@ -58,6 +58,13 @@ INVOLUTION_SIMD(double, 4)
 INVOLUTION_SIMD(double, 8)
 #undef INVOLUTION_SIMD
 
+// Unsigned integer vectors of N lanes, for conversions on the bits of float lanes.
+template <int N>
+struct Bits {
+  typedef uint32_t u32 __attribute__((vector_size(4 * N)));
+  typedef uint16_t u16 __attribute__((vector_size(2 * N)));
+};
+
 template <typename V, typename T>
 inline V load(const T* p) {
   V v;
@@ -67,19 +74,13 @@ inline V load(const T* p) {
 
 inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
-// bfloat16 <-> float on the bits, in loops the compiler vectorises (c10's conversions are
-// per element). Narrowing rounds to nearest even and maps NaN to 0x7FC0, as c10 does.
+// bfloat16 -> float on the bits, in loops the compiler vectorises (c10's conversions are per
+// element). store() narrows a whole vector the same way.
 inline float bfloat16_to_float(uint16_t h) {
   const uint32_t bits = static_cast<uint32_t>(h) << 16;
   float f;
   std::memcpy(&f, &bits, sizeof(f));
   return f;
-}
-inline uint16_t float_to_bfloat16(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, sizeof(bits));
-  const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
-  return (bits & 0x7FFFFFFFu) > 0x7F800000u ? uint16_t(0x7FC0) : static_cast<uint16_t>(rounded);
 }
 
 #if defined(INVOLUTION_CPU_F16C)
@@ -110,8 +111,17 @@ inline void store(scalar_t* out, const V& v, int64_t count) {
     for (; l < count; ++l) out[l] = static_cast<c10::Half>(lanes[l]);
 #endif
   } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
-    auto* bits = reinterpret_cast<uint16_t*>(out);
-    for (int64_t l = 0; l < count; ++l) bits[l] = float_to_bfloat16(v[l]);
+    // float -> bfloat16 on the bits of every lane at once: rounds to nearest even and maps NaN
+    // to 0x7FC0, as c10 does.
+    using Bits32 = typename Bits<sizeof(V) / sizeof(float)>::u32;
+    using Bits16 = typename Bits<sizeof(V) / sizeof(float)>::u16;
+    Bits32 bits;
+    std::memcpy(&bits, &v, sizeof(V));
+    const Bits32 nan = (Bits32)((bits & 0x7FFFFFFFu) > 0x7F800000u);  // all ones where NaN
+    const Bits32 rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+    const Bits32 result = (rounded & ~nan) | (nan & 0x7FC0u);
+    const Bits16 narrow = __builtin_convertvector(result, Bits16);
+    std::memcpy(out, &narrow, count * sizeof(uint16_t));
   } else {
     for (int64_t l = 0; l < count; ++l) out[l] = static_cast<scalar_t>(v[l]);
   }
@@ -126,8 +136,8 @@ inline V load_as(const scalar_t* p) {
     return load<V>(p);
   } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
     // bfloat16 is the upper half of a float: widen the bits and shift them into place.
-    typedef uint16_t Bits16 __attribute__((vector_size(2 * Lanes)));
-    typedef uint32_t Bits32 __attribute__((vector_size(4 * Lanes)));
+    using Bits32 = typename Bits<Lanes>::u32;
+    using Bits16 = typename Bits<Lanes>::u16;
     const Bits32 bits = __builtin_convertvector(load<Bits16>(p), Bits32) << 16;
     V v;
     std::memcpy(&v, &bits, sizeof(V));
