@@ -12,6 +12,12 @@ forward+backward: medians of --repeats runs after --warmup runs. On CUDA the tab
 the forward of a naive kernel (one thread per output element, the official CuPy kernel's
 design), as the baseline a direct kernel must beat.
 
+With several dtypes or thread counts, one table per configuration is followed by a side-by-side
+table of our op alone: one worker runs every configuration once per round, so the ratios
+between them (1 vs 2 threads, bfloat16 vs float32) are not skewed by the shared machine's
+drift between tables. On the CPU at batch 8 with float32 the program ends with the project's
+targets (issue 5), each marked met or MISSED.
+
 The floor of a pass is the larger of its bytes over the machine's copy bandwidth and its
 multiply-adds over its matrix-multiply rate, both measured at start with the same threads.
 Bytes count each tensor the pass must read or write once: forward reads input and weight and
@@ -61,6 +67,7 @@ REDNET50_SHAPES = [
     Shape("stage4-s2", 512, 14, 32, stride=2),
 ]
 PASSES = ("forward", "backward", "forward+backward")
+COMPARED_PASSES = ("forward", "forward+backward")
 IMPLEMENTATIONS = ("ours", "unfold")
 
 
@@ -130,6 +137,10 @@ def peak_rss() -> int:
 
 
 def worker(spec: Dict) -> Dict:
+    if spec["impl"] == "compare":
+        return compare_worker(spec)
+    if spec["impl"] == "machine":
+        return machine_worker(spec)
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
     dtype = getattr(torch, spec["dtype"])
@@ -181,6 +192,67 @@ def worker(spec: Dict) -> Dict:
     return {"times": times, "peak_bytes": peak}
 
 
+def compare_worker(spec: Dict) -> Dict:
+    """Our op under several (dtype, threads) configurations in one process, interleaved: every
+    round runs each configuration once, so the shared machine's drift touches all of them alike
+    and their ratios are fair. Returns the median seconds per configuration and pass."""
+    device = torch.device(spec["device"])
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    shape = Shape(**spec["shape"])
+    op = implementation("ours")
+    runs = []
+    for dtype_name, threads in spec["configs"]:
+        x, w, gy, params = make_inputs(shape, spec["batch"], getattr(torch, dtype_name), device)
+        x.requires_grad_()
+        w.requires_grad_()
+
+        def forward(x=x, w=w, params=params):
+            with torch.no_grad():
+                op(x, w, *params)
+
+        def forward_backward(x=x, w=w, gy=gy, params=params):
+            torch.autograd.grad(op(x, w, *params), (x, w), gy)
+
+        runs.append((threads, {"forward": forward, "forward+backward": forward_backward}))
+    samples = [{kind: [] for kind in COMPARED_PASSES} for _ in runs]
+    for round_index in range(spec["warmup"] + spec["repeats"]):
+        for (threads, passes), out in zip(runs, samples):
+            torch.set_num_threads(threads)
+            for kind, fn in passes.items():
+                sync()
+                start = time.perf_counter()
+                fn()
+                sync()
+                if round_index >= spec["warmup"]:
+                    out[kind].append(time.perf_counter() - start)
+    return {"times": [{kind: statistics.median(v) for kind, v in s.items()} for s in samples]}
+
+
+def machine_worker(spec: Dict) -> Dict:
+    """The machine's own scaling with threads, as a reference for our op's: a float32 matrix
+    multiply (compute-bound) and a 64 MiB copy (memory-bound) at each thread count, interleaved
+    round by round. Returns median seconds per thread count."""
+    device = torch.device(spec["device"])
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    a = torch.randn(1024, 1024, device=device)
+    src = torch.randn(16 * 2 ** 20, device=device)
+    dst = torch.empty_like(src)
+    work = {"matmul": lambda: a @ a, "copy": lambda: dst.copy_(src)}
+    samples = {t: {k: [] for k in work} for t in spec["threads"]}
+    for round_index in range(spec["warmup"] + spec["repeats"]):
+        for t in spec["threads"]:
+            torch.set_num_threads(t)
+            for kind, fn in work.items():
+                sync()
+                start = time.perf_counter()
+                fn()
+                sync()
+                if round_index >= spec["warmup"]:
+                    samples[t][kind].append(time.perf_counter() - start)
+    return {"times": {str(t): {k: statistics.median(v) for k, v in per.items()}
+                      for t, per in samples.items()}}
+
+
 def time_pass(fn, spec: Dict, sync) -> float:
     """Median seconds of fn over spec["repeats"] runs after spec["warmup"] runs."""
     for _ in range(spec["warmup"]):
@@ -224,9 +296,20 @@ def machine_rates(device, threads: int) -> Dict[str, float]:
     return {"copy_bytes_per_s": bandwidth, "matmul_macs_per_s": macs}
 
 
+# glibc's malloc returns freed memory at the top of its heap to the system and serves large
+# blocks by fresh mmaps, so a pass that follows another can page-fault its whole output anew (here
+# about 1 ms per 3 MiB), depending on what ran before it. Workers keep freed blocks below 32 MiB
+# (glibc's largest mmap threshold) for reuse, as a caching allocator does, so that timings
+# measure the passes; larger blocks (the unfold formulation's) still come from fresh mmaps.
+# Settings already in the environment are kept.
+WORKER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2 ** 20),
+                     "MALLOC_TRIM_THRESHOLD_": str(2 ** 40)}
+
+
 def run_worker(spec: Dict) -> Dict:
     cmd = [sys.executable, "-m", "involution.benchmark", "--worker", json.dumps(spec)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    out = subprocess.run(cmd, capture_output=True, text=True,
+                         env={**WORKER_MALLOC_ENV, **os.environ})
     if out.returncode != 0:
         raise RuntimeError(f"benchmark worker failed ({spec['impl']} {spec['shape']['name']}):\n"
                            + out.stderr[-3000:])
@@ -286,6 +369,151 @@ def format_table(result: Dict) -> str:
     return "\n".join(lines)
 
 
+def config_label(config) -> str:
+    dtype_name, threads = config
+    return f"{dtype_name} x{threads}"
+
+
+def run_comparison(args, device, shapes, configs, step) -> Dict:
+    """Our op's forward and forward+backward for every configuration, interleaved per shape."""
+    rows = []
+    for shape in shapes:
+        step(f"{shape.name} side by side")
+        rows.append({"shape": shape._asdict(), "times": run_worker({
+            "impl": "compare", "shape": shape._asdict(), "batch": args.batch,
+            "device": args.device, "configs": configs, "repeats": 4 * args.repeats,
+            "warmup": args.warmup})["times"]})
+    threads = sorted({t for _, t in configs})
+    machine = None
+    if len(threads) > 1:
+        machine = run_worker({"impl": "machine", "device": args.device, "threads": threads,
+                              "repeats": 4 * args.repeats, "warmup": 1})["times"]
+    return {"configs": configs, "rounds": 4 * args.repeats, "rows": rows, "machine": machine}
+
+
+def machine_scaling(comparison: Dict) -> str:
+    """The machine's own speed-up from the fewest to the most threads, for matmul and copy."""
+    machine = comparison.get("machine")
+    if not machine:
+        return ""
+    few, many = machine[min(machine, key=int)], machine[max(machine, key=int)]
+    return (f"matmul {few['matmul'] / many['matmul']:.2f}x, "
+            f"copy {few['copy'] / many['copy']:.2f}x")
+
+
+def comparison_ratios(comparison: Dict) -> List[tuple]:
+    """(label, numerator config, denominator config): the fewest threads over the most, for the
+    first dtype, and every other dtype over the first, at the first thread count."""
+    configs = [tuple(c) for c in comparison["configs"]]
+    dtypes = list(dict.fromkeys(d for d, _ in configs))
+    threads = list(dict.fromkeys(t for _, t in configs))
+    ratios = []
+    if len(threads) > 1:
+        few, many = min(threads), max(threads)
+        ratios.append((f"x{few}/x{many} {dtypes[0]}", (dtypes[0], few), (dtypes[0], many)))
+    for d in dtypes[1:]:
+        ratios.append((f"{d}/{dtypes[0]} x{threads[0]}", (d, threads[0]), (dtypes[0], threads[0])))
+    return ratios
+
+
+def ratio_values(comparison: Dict, numerator, denominator, kind: str) -> tuple:
+    """Per-shape ratios of numerator's time to denominator's, and the ratio of their totals."""
+    configs = [tuple(c) for c in comparison["configs"]]
+    i, j = configs.index(numerator), configs.index(denominator)
+    per_shape = [r["times"][i][kind] / r["times"][j][kind] for r in comparison["rows"]]
+    total = (sum(r["times"][i][kind] for r in comparison["rows"])
+             / sum(r["times"][j][kind] for r in comparison["rows"]))
+    return per_shape, total
+
+
+def format_comparison(comparison: Dict, batch: int) -> str:
+    configs = [tuple(c) for c in comparison["configs"]]
+    ratios = comparison_ratios(comparison)
+    header = (f"our op side by side, batch {batch}: each round runs every configuration once; "
+              f"ms, medians of {comparison['rounds']} rounds")
+    cols = (f"{'shape':<10} | {'pass':<16} " + " ".join(f"{config_label(c):>14}" for c in configs)
+            + " | " + " ".join(f"{label:>22}" for label, _, _ in ratios))
+    lines = [header, "", cols, "-" * len(cols)]
+    for kind in COMPARED_PASSES:
+        per_ratio = [ratio_values(comparison, a, b, kind) for _, a, b in ratios]
+        for k, r in enumerate(comparison["rows"]):
+            lines.append(f"{r['shape']['name']:<10} | {kind:<16} "
+                         + " ".join(f"{t[kind] * 1e3:>14.2f}" for t in r["times"]) + " | "
+                         + " ".join(f"{v[0][k]:>22.2f}" for v in per_ratio))
+        totals = [sum(r["times"][i][kind] for r in comparison["rows"]) for i in range(len(configs))]
+        lines.append(f"{'total':<10} | {kind:<16} " + " ".join(f"{t * 1e3:>14.2f}" for t in totals)
+                     + " | " + " ".join(f"{v[1]:>22.2f}" for v in per_ratio))
+    if comparison.get("machine"):
+        threads = sorted(comparison["machine"], key=int)
+        lines += ["", f"the machine itself from {threads[0]} to {threads[-1]} threads, in rounds "
+                  f"the same way (float32 1024x1024 matmul; 64 MiB copy): "
+                  + machine_scaling(comparison)]
+    return "\n".join(lines)
+
+
+# Issue 5's targets for the CPU kernels (float32, batch 8, RedNet-50's shapes, this program's
+# default run), checked on the tables of one run.
+TARGET_FORWARD_STAGE1 = 30.0
+TARGET_FORWARD_OTHERS = 20.0
+TARGET_FORWARD_BACKWARD = 15.0
+TARGET_PEAK_RATIO = 3.0
+TARGET_THREAD_SCALING = 1.7
+
+
+def check_targets(results: List[Dict], comparison, args) -> List[tuple]:
+    """(target, measured, met) for each target the run has the data for."""
+    float32 = [r for r in results if r["dtype"] == "float32"]
+    if args.device != "cpu" or args.batch != 8 or not float32:
+        return []
+    table = max(float32, key=lambda r: r["threads"])
+    rows = {r["shape"]["name"]: r for r in table["rows"]}
+
+    def speedup(r, kind):
+        return r["unfold"]["times"][kind] / r["ours"]["times"][kind]
+
+    checks = []
+    if "stage1" in rows:
+        v = speedup(rows["stage1"], "forward")
+        checks.append((f"forward speed-up at stage1 >= {TARGET_FORWARD_STAGE1:.0f}x",
+                       f"{v:.1f}x", v >= TARGET_FORWARD_STAGE1))
+    others = [speedup(r, "forward") for n, r in rows.items() if n != "stage1"]
+    if others:
+        checks.append((f"forward speed-up at the other shapes >= {TARGET_FORWARD_OTHERS:.0f}x",
+                       f"min {min(others):.1f}x", min(others) >= TARGET_FORWARD_OTHERS))
+    fb = [speedup(r, "forward+backward") for r in rows.values()]
+    checks.append((f"forward+backward speed-up >= {TARGET_FORWARD_BACKWARD:.0f}x",
+                   f"min {min(fb):.1f}x", min(fb) >= TARGET_FORWARD_BACKWARD))
+    peak = [r["ours"]["peak_bytes"] / r["io_bytes"] for r in rows.values()]
+    checks.append((f"peak memory rise of forward+backward <= {TARGET_PEAK_RATIO:.0f}x "
+                   "(input + weight + grad_output)", f"max {max(peak):.2f}x",
+                   max(peak) <= TARGET_PEAK_RATIO))
+    if comparison is not None:
+        configs = [tuple(c) for c in comparison["configs"]]
+        if ("float32", 1) in configs and ("float32", 2) in configs:
+            per_shape, total = ratio_values(comparison, ("float32", 1), ("float32", 2), "forward")
+            checks.append((f"forward from 1 to 2 threads >= {TARGET_THREAD_SCALING}x (total)",
+                           f"{total:.2f}x (per shape {min(per_shape):.2f}x-{max(per_shape):.2f}x;"
+                           f" the machine: {machine_scaling(comparison)})",
+                           total >= TARGET_THREAD_SCALING))
+        threads = table["threads"]
+        if ("bfloat16", threads) in configs and ("float32", threads) in configs:
+            for kind in COMPARED_PASSES:
+                per_shape, total = ratio_values(comparison, ("bfloat16", threads),
+                                                ("float32", threads), kind)
+                checks.append((f"bfloat16 {kind} no slower than float32 (time ratio, total)",
+                               f"{total:.2f} (per shape {min(per_shape):.2f}-"
+                               f"{max(per_shape):.2f})", total <= 1.0))
+    return checks
+
+
+def format_targets(checks: List[tuple]) -> str:
+    width = max(len(t) for t, _, _ in checks)
+    lines = ["targets (CPU, float32, batch 8; tables above, side by side in this run)", ""]
+    lines += [f"{'met' if ok else 'MISSED':<6} {target:<{width}}  {value}"
+              for target, value, ok in checks]
+    return "\n".join(lines)
+
+
 def write_plot(result: Dict, path: str) -> None:
     try:
         import matplotlib
@@ -314,15 +542,15 @@ def write_plot(result: Dict, path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-def write_markdown(results: List[Dict], path: str, command: str) -> None:
+def write_markdown(results: List[Dict], extra: List[str], path: str, command: str) -> None:
     with open(path, "w") as f:
         f.write("# Benchmark results\n\n")
         f.write(f"Generated by `{command}` on {results[0]['date']}; regenerate with the same "
                 "command. Timings are medians on a shared machine: compare ratios within one "
                 "run.\n\n")
         f.write(f"Machine: {results[0]['machine']}\n\n")
-        for result in results:
-            f.write("```\n" + format_table(result) + "\n```\n\n")
+        for text in [format_table(r) for r in results] + extra:
+            f.write("```\n" + text + "\n```\n\n")
 
 
 def machine_description(device) -> str:
@@ -419,25 +647,35 @@ def main(argv=None) -> int:
 
     results = []
     total = len(configs) * len(shapes) * len(implementations(device))
+    if len(configs) > 1:
+        total += len(shapes)
     done_counter = iter(range(total))
+
+    def step(label):
+        progress(next(done_counter), total, label)
+
     for dtype_name, n_threads in configs:
-        result = run_config(args, device, shapes, dtype_name, n_threads,
-                            lambda label: progress(next(done_counter), total, label))
-        results.append(result)
+        results.append(run_config(args, device, shapes, dtype_name, n_threads, step))
+    comparison = run_comparison(args, device, shapes, configs, step) if len(configs) > 1 else None
     progress(total, total, "done")
 
-    text = "\n\n".join(format_table(r) for r in results)
+    checks = check_targets(results, comparison, args)
+    extra = ([format_comparison(comparison, args.batch)] if comparison else []) + (
+        [format_targets(checks)] if checks else [])
+    text = "\n\n".join([format_table(r) for r in results] + extra)
     print(text)
     for path in (args.json, args.plot, args.markdown):
         if path:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(results if len(results) > 1 else results[0], f, indent=2)
+            json.dump({"tables": results, "comparison": comparison,
+                       "targets": [{"target": t, "measured": v, "met": ok}
+                                   for t, v, ok in checks]}, f, indent=2)
     if args.plot:
         write_plot(results[0], args.plot)
     if args.markdown:
-        write_markdown(results, args.markdown,
+        write_markdown(results, extra, args.markdown,
                        "python -m involution.benchmark " + " ".join(argv or sys.argv[1:]))
     return 0
 

@@ -11,13 +11,25 @@ def test_benchmark_cli_writes_table_json_markdown_and_plot(tmp_path):
     pytest.importorskip("matplotlib")
     out = subprocess.run(
         [sys.executable, "-m", "involution.benchmark", "--shapes", "stage4,stem", "--batch", "1",
-         "--repeats", "1", "--warmup", "0", "--dtype", "float32,bfloat16", "--threads", "1",
+         "--repeats", "1", "--warmup", "0", "--dtype", "float32,bfloat16", "--threads", "1,2",
          "--json", str(tmp_path / "out" / "r.json"), "--plot", str(tmp_path / "r.png"),
          "--markdown", str(tmp_path / "md" / "r.md")],
         capture_output=True, text=True, check=True, cwd=tmp_path)
     assert "forward+backward" in out.stdout and "speed-up" in out.stdout
-    results = json.loads((tmp_path / "out" / "r.json").read_text())
-    assert [r["dtype"] for r in results] == ["float32", "bfloat16"]
+    data = json.loads((tmp_path / "out" / "r.json").read_text())
+    results = data["tables"]
+    assert [(r["dtype"], r["threads"]) for r in results] == [
+        ("float32", 1), ("float32", 2), ("bfloat16", 1), ("bfloat16", 2)]
+    # The side-by-side table: every configuration of every shape, timed.
+    comparison = data["comparison"]
+    assert [tuple(c) for c in comparison["configs"]] == [
+        ("float32", 1), ("float32", 2), ("bfloat16", 1), ("bfloat16", 2)]
+    assert [r["shape"]["name"] for r in comparison["rows"]] == ["stem", "stage4"]
+    for row in comparison["rows"]:
+        assert len(row["times"]) == 4
+        assert all(t > 0 for times in row["times"] for t in times.values())
+    assert "x1/x2 float32" in out.stdout and "bfloat16/float32 x1" in out.stdout
+    assert data["targets"] == []  # batch 1: the targets are for batch 8
     for result in results:
         for row in result["rows"]:
             for impl in ("ours", "unfold"):
@@ -31,3 +43,56 @@ def test_benchmark_rejects_unknown_shape():
     out = subprocess.run([sys.executable, "-m", "involution.benchmark", "--shapes", "nope"],
                          capture_output=True, text=True)
     assert out.returncode != 0 and "no shape matches 'nope'" in out.stderr
+
+
+def _table(dtype, threads, ours_ms, unfold_ms, peak_ratio):
+    """A results table of the benchmark's format, for two shapes, from given timings."""
+    from involution.benchmark import PASSES
+
+    rows = []
+    for name in ("stage1", "stage2"):
+        rows.append({"shape": {"name": name}, "io_bytes": 1000,
+                     "ours": {"times": {k: ours_ms * 1e-3 for k in PASSES},
+                              "peak_bytes": int(peak_ratio * 1000)},
+                     "unfold": {"times": {k: unfold_ms * 1e-3 for k in PASSES}}})
+    return {"dtype": dtype, "threads": threads, "rows": rows}
+
+
+def _comparison(times_ms):
+    """A side-by-side comparison: configuration -> ms, the same for both shapes and passes."""
+    configs = list(times_ms)
+    return {"configs": [list(c) for c in configs],
+            "machine": {"1": {"matmul": 2.0, "copy": 2.0}, "2": {"matmul": 1.0, "copy": 1.0}},
+            "rows": [{"shape": {"name": n},
+                      "times": [{"forward": times_ms[c] * 1e-3,
+                                 "forward+backward": 3 * times_ms[c] * 1e-3} for c in configs]}
+                     for n in ("stage1", "stage2")]}
+
+
+def test_targets_are_checked_and_can_be_missed():
+    from types import SimpleNamespace
+
+    from involution.benchmark import check_targets, format_targets
+
+    args = SimpleNamespace(device="cpu", batch=8)
+    good = check_targets([_table("float32", 2, 1.0, 40.0, 1.5)], _comparison(
+        {("float32", 2): 1.0, ("float32", 1): 1.9, ("bfloat16", 2): 0.9}), args)
+    assert len(good) == 7 and all(ok for _, _, ok in good), good
+    assert "MISSED" not in format_targets(good)
+
+    bad = check_targets([_table("float32", 2, 1.0, 25.0, 3.5)], _comparison(
+        {("float32", 2): 1.0, ("float32", 1): 1.5, ("bfloat16", 2): 1.1}), args)
+    met = {target.split(" >=")[0].split(" <=")[0].split(" no slower")[0]: ok
+           for target, _, ok in bad}
+    assert met == {"forward speed-up at stage1": False,  # 25x < 30x
+                   "forward speed-up at the other shapes": True,  # 25x >= 20x
+                   "forward+backward speed-up": True,
+                   "peak memory rise of forward+backward": False,
+                   "forward from 1 to 2 threads": False,
+                   "bfloat16 forward": False,
+                   "bfloat16 forward+backward": False}
+    assert format_targets(bad).count("MISSED") == 5
+
+    # Targets are for the CPU at batch 8 only.
+    assert check_targets([_table("float32", 2, 1.0, 40.0, 1.0)], None,
+                         SimpleNamespace(device="cpu", batch=1)) == []

@@ -12,16 +12,18 @@
 //
 // Work is split into tasks of kRowsPerTask rows: one task owns a block of (b, g, depth, height)
 // rows of the tensor it writes and does all C/G channels of group g, so each weight row is
-// loaded once and reused by the whole group. A task first stages what it reads into small
-// zero-padded buffers in the accumulation type (converting float16/bfloat16 once), laid out so
-// that every inner loop is a contiguous, branch-free run of SIMD multiply-adds, whatever the
-// stride, padding and dilation:
+// loaded once and reused by the whole group. Operands that are read at shifted columns are first
+// staged into small zero-padded buffers in the accumulation type (converting float16/bfloat16
+// once), laid out so that every inner loop is a contiguous, branch-free run of SIMD multiply-adds,
+// whatever the stride, padding and dilation; operands read at the output's own columns (the
+// weights in forward, grad_output in grad_weight) are read in place and converted as loaded.
 //   * forward / grad_weight read input column j*s - p + kw*d. A staged input row is split into
 //     its s phases (column q*s + r - p goes to phase r, slot q), so output column j at tap kw
 //     reads phase (kw*d) % s at slot j + (kw*d) / s: contiguous in j.
-//   * grad_input (the gather form) needs, for input column x, the products at the output
-//     columns j with j*s = x + p - kw*d. Staging weight and grad_output rows "zero-stuffed"
-//     (element j at slot j*s, zeros between) turns this into a contiguous run for every stride.
+//   * grad_input (the gather form) takes input columns phase by phase: column m*s + r receives
+//     from tap kw, when (r + p - kw*d) is a multiple of s, the product at output column
+//     m + (r + p - kw*d) / s, contiguous in m. Only those taps are visited: no multiply-add is
+//     spent on zeros for s > 1.
 // Every output element is written by exactly one task with a fixed summation order: results
 // are deterministic and independent of the number of threads. No atomics; the per-task
 // buffers hold a few rows per channel of the group.
