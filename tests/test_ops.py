@@ -319,3 +319,34 @@ def test_more_than_2_pow_31_elements(device):
     y = ops.involution2d(x, w, [1, 1], [0, 0], [1, 1])
     assert y.numel() > 2 ** 31
     assert y[0, -1].float().mean().item() == 1.0 and y[0, -2].float().mean().item() == 0.5
+
+
+CPU_CAPABILITIES = ["DEFAULT", "AVX2", "AVX512"]
+
+
+@pytest.mark.parametrize("capability", CPU_CAPABILITIES)
+def test_every_cpu_instruction_set(capability):
+    # The kernels are compiled once per instruction set and picked at run time from ATen's CPU
+    # capability; the other tests see only this machine's best. ATEN_CPU_CAPABILITY lowers it:
+    # run this file's and the 3-D file's CPU tests again under each lower capability.
+    import subprocess
+    import sys
+
+    best = torch.backends.cpu.get_cpu_capability()
+    if best not in CPU_CAPABILITIES or capability == best:
+        pytest.skip(f"this run already tests {best}")
+    if CPU_CAPABILITIES.index(capability) > CPU_CAPABILITIES.index(best):
+        pytest.skip(f"this machine has {best}")
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": capability.lower(), "CUDA_VISIBLE_DEVICES": ""}
+    seen = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+        env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert seen == capability
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k",
+         "not instruction_set and not more_than_2_pow_31",
+         os.path.join(here, "test_ops.py"), os.path.join(here, "test_ops3d.py")],
+        env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    assert " passed" in out.stdout

@@ -106,11 +106,17 @@ inline void store(scalar_t* out, const V& v, int64_t count) {
 #if defined(INVOLUTION_CPU_F16C)
   } else if constexpr (std::is_same_v<scalar_t, c10::Half> &&
                        std::is_same_v<std::decay_t<decltype(v[0])>, float>) {
-    alignas(64) float lanes[sizeof(V) / sizeof(float)];
+    // Whole groups of 8 lanes, also for a partial vector (c10's scalar conversion is slow).
+    constexpr int N = sizeof(V) / sizeof(float);
+    alignas(64) float lanes[N];
     std::memcpy(lanes, &v, sizeof(V));
-    int64_t l = 0;
-    for (; l + 8 <= count; l += 8) float_to_float16x8(lanes + l, out + l);
-    for (; l < count; ++l) out[l] = static_cast<c10::Half>(lanes[l]);
+    if (count == N) {
+      for (int l = 0; l < N; l += 8) float_to_float16x8(lanes + l, out + l);
+    } else {
+      c10::Half narrow[N];
+      for (int l = 0; l < N; l += 8) float_to_float16x8(lanes + l, narrow + l);
+      for (int64_t l = 0; l < count; ++l) out[l] = narrow[l];
+    }
 #endif
   } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
     // float -> bfloat16 on the bits of every lane at once: rounds to nearest even and maps NaN
@@ -123,7 +129,12 @@ inline void store(scalar_t* out, const V& v, int64_t count) {
     const Bits32 rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
     const Bits32 result = (rounded & ~nan) | (nan & 0x7FC0u);
     const Bits16 narrow = __builtin_convertvector(result, Bits16);
-    std::memcpy(out, &narrow, count * sizeof(uint16_t));
+    if (count == static_cast<int64_t>(sizeof(V) / sizeof(float))) {
+      std::memcpy(out, &narrow, sizeof(narrow));
+    } else {
+      auto* bits = reinterpret_cast<uint16_t*>(out);
+      for (int64_t l = 0; l < count; ++l) bits[l] = narrow[l];
+    }
   } else {
     for (int64_t l = 0; l < count; ++l) out[l] = static_cast<scalar_t>(v[l]);
   }
@@ -146,10 +157,13 @@ inline V load_as(const scalar_t* p) {
     return v;
   } else {
 #if defined(INVOLUTION_CPU_F16C)
-    if constexpr (Lanes == 8) {
-      const __m256 f = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    if constexpr (Lanes % 8 == 0) {
       V v;
-      std::memcpy(&v, &f, sizeof(V));
+      for (int l = 0; l < Lanes; l += 8) {
+        const __m256 f =
+            _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + l)));
+        std::memcpy(reinterpret_cast<char*>(&v) + l * sizeof(float), &f, sizeof(f));
+      }
       return v;
     }
 #endif
@@ -178,6 +192,14 @@ inline void copy_row(const scalar_t* src, int64_t n, acc_t* dst) {
 #if defined(INVOLUTION_CPU_F16C)
   if constexpr (std::is_same_v<scalar_t, c10::Half> && std::is_same_v<acc_t, float>) {
     for (; j + 8 <= n; j += 8) float16x8_to_float(src + j, dst + j);
+    if (j < n) {  // the last partial group, also with F16C (c10's scalar conversion is slow)
+      c10::Half wide[8] = {};
+      float converted[8];
+      for (int64_t k = 0; k < n - j; ++k) wide[k] = src[j + k];
+      float16x8_to_float(wide, converted);
+      for (int64_t k = 0; k < n - j; ++k) dst[j + k] = converted[k];
+      j = n;
+    }
   }
 #endif
   for (; j < n; ++j) dst[j] = static_cast<acc_t>(src[j]);
@@ -311,10 +333,10 @@ void forward(const Geometry& g, const scalar_t* x, const scalar_t* w, scalar_t* 
 
   // Weights are read in place (converted to acc_t as they are loaded), except for the last,
   // partial block of Lanes columns, which would read past its row: a zero-padded copy of that
-  // block, [tap][row][Lanes], stands in for it.
+  // block, [tap][row][Lanes], stands in for it. Its zeros are written once, here.
   const int64_t ow_full = OW - OW % Lanes;
   InputSlab<acc_t, Lanes> slab;
-  std::vector<scalar_t> w_tail(ow_full < OW ? taps * kRowsPerTask * Lanes : 0);
+  std::vector<scalar_t> w_tail(ow_full < OW ? taps * kRowsPerTask * Lanes : 0, scalar_t(0));
 
   for (int64_t task = begin; task < end; ++task) {
     const int64_t oh0 = (task % blocks) * kRowsPerTask, oh1 = std::min(OH, oh0 + kRowsPerTask);
@@ -325,9 +347,8 @@ void forward(const Geometry& g, const scalar_t* x, const scalar_t* w, scalar_t* 
     if (ow_full < OW) {
       for (int64_t t = 0; t < taps; ++t) {
         for (int64_t r = 0; r < oh1 - oh0; ++r) {
-          scalar_t* dst = w_tail.data() + (t * kRowsPerTask + r) * Lanes;
-          const scalar_t* src = w_task + t * out_volume + r * OW + ow_full;
-          for (int64_t l = 0; l < Lanes; ++l) dst[l] = l < OW - ow_full ? src[l] : scalar_t(0);
+          std::memcpy(w_tail.data() + (t * kRowsPerTask + r) * Lanes,
+                      w_task + t * out_volume + r * OW + ow_full, (OW - ow_full) * sizeof(scalar_t));
         }
       }
     }
@@ -409,7 +430,7 @@ void backward_weight(const Geometry& g, const scalar_t* grad_y, const scalar_t* 
   // its last, partial block of Lanes columns: [channel][row][Lanes].
   const int64_t ow_full = OW - OW % Lanes;
   InputSlab<acc_t, Lanes> slab;
-  std::vector<scalar_t> gy_tail(ow_full < OW ? cpg * kRowsPerTask * Lanes : 0);
+  std::vector<scalar_t> gy_tail(ow_full < OW ? cpg * kRowsPerTask * Lanes : 0, scalar_t(0));
 
   for (int64_t task = begin; task < end; ++task) {
     const int64_t oh0 = (task % blocks) * kRowsPerTask, oh1 = std::min(OH, oh0 + kRowsPerTask);
@@ -420,9 +441,8 @@ void backward_weight(const Geometry& g, const scalar_t* grad_y, const scalar_t* 
     if (ow_full < OW) {
       for (int64_t c = 0; c < cpg; ++c) {
         for (int64_t r = 0; r < oh1 - oh0; ++r) {
-          scalar_t* dst = gy_tail.data() + (c * kRowsPerTask + r) * Lanes;
-          const scalar_t* src = gy_task + c * out_volume + r * OW + ow_full;
-          for (int64_t l = 0; l < Lanes; ++l) dst[l] = l < OW - ow_full ? src[l] : scalar_t(0);
+          std::memcpy(gy_tail.data() + (c * kRowsPerTask + r) * Lanes,
+                      gy_task + c * out_volume + r * OW + ow_full, (OW - ow_full) * sizeof(scalar_t));
         }
       }
     }
