@@ -331,10 +331,13 @@ void forward(const Geometry& g, const scalar_t* x, const scalar_t* w, scalar_t* 
   const int64_t cpg = g.channels_per_group(), taps = g.taps(), out_volume = g.out_volume();
   const int64_t blocks = ceil_div(OH, kRowsPerTask);
 
-  // Weights are read in place (converted to acc_t as they are loaded), except for the last,
-  // partial block of Lanes columns, which would read past its row: a zero-padded copy of that
-  // block, [tap][row][Lanes], stands in for it. Its zeros are written once, here.
+  // Weights are read in place (converted to acc_t as they are loaded). The last, partial block
+  // of Lanes columns reads past the end of its row into the next one; those lanes' sums are
+  // never stored. Only where that would read past the end of the weight tensor (the last
+  // task) does a zero-padded copy of the block, [tap][row][Lanes], stand in for it; its zeros
+  // are written once, here.
   const int64_t ow_full = OW - OW % Lanes;
+  const int64_t w_numel = g.batch * g.groups * taps * out_volume;
   InputSlab<acc_t, Lanes> slab;
   std::vector<scalar_t> w_tail(ow_full < OW ? taps * kRowsPerTask * Lanes : 0, scalar_t(0));
 
@@ -344,7 +347,11 @@ void forward(const Geometry& g, const scalar_t* x, const scalar_t* w, scalar_t* 
     const int64_t c0 = (bg / g.groups) * g.channels + (bg % g.groups) * cpg;  // b*C + first c
     slab.stage(g, x, c0, cpg, od, oh0, oh1);
     const scalar_t* w_task = w + bg * taps * out_volume + (od * OH + oh0) * OW;
-    if (ow_full < OW) {
+    // Whether the last block's reads stay inside the weight tensor (its last read is at tap
+    // taps - 1, row oh1 - 1).
+    const bool tail_in_place =
+        (w_task - w) + (taps - 1) * out_volume + (oh1 - 1 - oh0) * OW + ow_full + Lanes <= w_numel;
+    if (ow_full < OW && !tail_in_place) {
       for (int64_t t = 0; t < taps; ++t) {
         for (int64_t r = 0; r < oh1 - oh0; ++r) {
           std::memcpy(w_tail.data() + (t * kRowsPerTask + r) * Lanes,
@@ -392,7 +399,10 @@ void forward(const Geometry& g, const scalar_t* x, const scalar_t* w, scalar_t* 
         for (int64_t j0 = 0; j0 < ow_full; j0 += Lanes) {
           block(channels, kw_const, s_const, c, j0, w_task + (oh - oh0) * OW + j0, out_volume);
         }
-        if (ow_full < OW) {
+        if (ow_full < OW && tail_in_place) {
+          block(channels, kw_const, s_const, c, ow_full, w_task + (oh - oh0) * OW + ow_full,
+                out_volume);
+        } else if (ow_full < OW) {
           block(channels, kw_const, s_const, c, ow_full, w_tail.data() + (oh - oh0) * Lanes,
                 kRowsPerTask * Lanes);
         }
@@ -426,9 +436,11 @@ void backward_weight(const Geometry& g, const scalar_t* grad_y, const scalar_t* 
   const bool unit = g.stride[2] == 1 && g.dilation[2] == 1;
   const bool phase2 = g.stride[2] == 2 && g.dilation[2] == 1;
 
-  // grad_output is read in place, as the weights are in forward(), with a zero-padded copy of
-  // its last, partial block of Lanes columns: [channel][row][Lanes].
+  // grad_output is read in place, as the weights are in forward(): its last, partial block of
+  // Lanes columns reads into the next row, except in the last task, which reads a zero-padded
+  // copy of that block, [channel][row][Lanes], instead of past the end of grad_output.
   const int64_t ow_full = OW - OW % Lanes;
+  const int64_t gy_numel = g.batch * g.channels * out_volume;
   InputSlab<acc_t, Lanes> slab;
   std::vector<scalar_t> gy_tail(ow_full < OW ? cpg * kRowsPerTask * Lanes : 0, scalar_t(0));
 
@@ -438,7 +450,10 @@ void backward_weight(const Geometry& g, const scalar_t* grad_y, const scalar_t* 
     const int64_t c0 = (bg / g.groups) * g.channels + (bg % g.groups) * cpg;
     slab.stage(g, x, c0, cpg, od, oh0, oh1);
     const scalar_t* gy_task = grad_y + c0 * out_volume + (od * OH + oh0) * OW;
-    if (ow_full < OW) {
+    const bool tail_in_place =
+        (gy_task - grad_y) + (cpg - 1) * out_volume + (oh1 - 1 - oh0) * OW + ow_full + Lanes <=
+        gy_numel;
+    if (ow_full < OW && !tail_in_place) {
       for (int64_t c = 0; c < cpg; ++c) {
         for (int64_t r = 0; r < oh1 - oh0; ++r) {
           std::memcpy(gy_tail.data() + (c * kRowsPerTask + r) * Lanes,
@@ -499,7 +514,9 @@ void backward_weight(const Geometry& g, const scalar_t* grad_y, const scalar_t* 
             for (int64_t j0 = 0; j0 < ow_full; j0 += Lanes) {
               row_taps(s_const, j0, gy_task + (oh - oh0) * OW + j0, out_volume);
             }
-            if (ow_full < OW) {
+            if (ow_full < OW && tail_in_place) {
+              row_taps(s_const, ow_full, gy_task + (oh - oh0) * OW + ow_full, out_volume);
+            } else if (ow_full < OW) {
               row_taps(s_const, ow_full, gy_tail.data() + (oh - oh0) * Lanes, kRowsPerTask * Lanes);
             }
           };
