@@ -184,14 +184,33 @@ inline void copy_row(const scalar_t* src, int64_t n, acc_t* dst) {
       const V v = load<V>(src + j);
       std::memcpy(dst + j, &v, sizeof(V));
     }
+    if (j < n && n >= Lanes) {  // the rest: one vector ending at n, overlapping copied ones
+      const V v = load<V>(src + n - Lanes);
+      std::memcpy(dst + n - Lanes, &v, sizeof(V));
+      j = n;
+    }
   }
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16> && std::is_same_v<acc_t, float>) {
+    using V = typename Simd<acc_t, Lanes>::type;
+    for (; j + Lanes <= n; j += Lanes) {
+      const V v = load_as<V>(src + j);
+      std::memcpy(dst + j, &v, sizeof(V));
+    }
+    if (j < n && n >= Lanes) {
+      const V v = load_as<V>(src + n - Lanes);
+      std::memcpy(dst + n - Lanes, &v, sizeof(V));
+      j = n;
+    }
     const auto* bits = reinterpret_cast<const uint16_t*>(src);
     for (; j < n; ++j) dst[j] = bfloat16_to_float(bits[j]);
   }
 #if defined(INVOLUTION_CPU_F16C)
   if constexpr (std::is_same_v<scalar_t, c10::Half> && std::is_same_v<acc_t, float>) {
     for (; j + 8 <= n; j += 8) float16x8_to_float(src + j, dst + j);
+    if (j < n && n >= 8) {  // the rest: one group ending at n, overlapping converted ones
+      float16x8_to_float(src + n - 8, dst + n - 8);
+      j = n;
+    }
     if (j < n) {  // the last partial group, also with F16C (c10's scalar conversion is slow)
       c10::Half wide[8] = {};
       float converted[8];
@@ -393,7 +412,11 @@ void forward(const Geometry& g, const scalar_t* x, const scalar_t* w, scalar_t* 
           }
         }
         const int64_t count = std::min<int64_t>(Lanes, OW - j0);
-        for (int cb = 0; cb < NB; ++cb) store(y_row + (c + cb) * out_volume + j0, acc[cb], count);
+        if (count == Lanes) {  // a constant count lets store() drop its checks
+          for (int cb = 0; cb < NB; ++cb) store(y_row + (c + cb) * out_volume + j0, acc[cb], Lanes);
+        } else {
+          for (int cb = 0; cb < NB; ++cb) store(y_row + (c + cb) * out_volume + j0, acc[cb], count);
+        }
       };
       auto columns = [&](auto channels, auto kw_const, auto s_const, int64_t c) {
         for (int64_t j0 = 0; j0 < ow_full; j0 += Lanes) {
@@ -489,13 +512,18 @@ void backward_weight(const Geometry& g, const scalar_t* grad_y, const scalar_t* 
               off[tb] = Sc == 1 ? v : Sc == 2 ? (v % 2) * phase_len + v / 2 : slab.column_offset[v];
             }
             V acc[NT] = {};
+#pragma GCC unroll 2
             for (int64_t c = 0; c < cpg; ++c) {
               const V gv = load_as<V>(gy + c * gy_channel_stride);
               const acc_t* xc = xp + c * slab.channel_stride;
               for (int tb = 0; tb < NT; ++tb) acc[tb] += gv * load<V>(xc + off[tb]);
             }
             const int64_t count = std::min<int64_t>(Lanes, OW - j0);
-            for (int tb = 0; tb < NT; ++tb) store(gw_row + (v0 + tb) * out_volume + j0, acc[tb], count);
+            if (count == Lanes) {
+              for (int tb = 0; tb < NT; ++tb) store(gw_row + (v0 + tb) * out_volume + j0, acc[tb], Lanes);
+            } else {
+              for (int tb = 0; tb < NT; ++tb) store(gw_row + (v0 + tb) * out_volume + j0, acc[tb], count);
+            }
           };
           auto row_taps = [&](auto s_const, int64_t j0, const scalar_t* gy, int64_t gy_stride) {
             using std::integral_constant;
@@ -676,7 +704,11 @@ void backward_input(const Geometry& g, const scalar_t* grad_y, const scalar_t* w
           for (int64_t m0 = 0; m0 < W; m0 += Lanes) {
             block(channels, kw_const, c, 0, m0, acc);
             const int64_t count = std::min<int64_t>(Lanes, W - m0);
-            for (int cb = 0; cb < NB; ++cb) store(gx_row + (c + cb) * in_volume + m0, acc[cb], count);
+            if (count == Lanes) {
+              for (int cb = 0; cb < NB; ++cb) store(gx_row + (c + cb) * in_volume + m0, acc[cb], Lanes);
+            } else {
+              for (int cb = 0; cb < NB; ++cb) store(gx_row + (c + cb) * in_volume + m0, acc[cb], count);
+            }
           }
           return;
         }
