@@ -5,6 +5,7 @@
 #include <ATen/Version.h>
 
 #include <algorithm>
+#include <atomic>
 #include <string>
 
 #include "../prepare.h"
@@ -40,18 +41,38 @@ const KernelTable& kernels() {
 // out = kernel(a, b) over `tasks` tasks in parallel, with the kernel that `pick` chooses from
 // the table of a's dtype. a, b and out are contiguous; a task costs about
 // kRowsPerTask * C/G * taps * row_width multiply-adds.
+//
+// The tasks are handed out in chunks, kChunksPerThread per thread, from a shared counter rather
+// than as one fixed share per thread: a thread that runs slower (a busy sibling on a shared host,
+// a slower core) takes fewer chunks instead of holding the others up at the end. Which thread
+// runs a task does not change its result.
+constexpr int64_t kChunksPerThread = 8;
+
 template <typename Pick>
 void run(const Geometry& g, int64_t tasks, int64_t row_width, const at::Tensor& a,
          const at::Tensor& b, const at::Tensor& out, const Pick& pick) {
   const int64_t task_work = kRowsPerTask * g.channels_per_group() * g.taps() * row_width;
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, task_work));
+  const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+  const int64_t chunk = std::max(grain, ceil_div(tasks, threads * kChunksPerThread));
+  const int64_t chunks = ceil_div(tasks, chunk);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "involution_cpu", [&] {
     const auto kernel = pick(kernels().get<scalar_t>());
     const scalar_t* a_ptr = a.const_data_ptr<scalar_t>();
     const scalar_t* b_ptr = b.const_data_ptr<scalar_t>();
     scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
-      kernel(g, a_ptr, b_ptr, out_ptr, begin, end);
+    if (threads == 1 || chunks == 1) {
+      at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
+        kernel(g, a_ptr, b_ptr, out_ptr, begin, end);
+      });
+      return;
+    }
+    std::atomic<int64_t> next{0};
+    at::parallel_for(0, std::min(threads, chunks), 1, [&](int64_t, int64_t) {
+      for (int64_t i = next.fetch_add(1, std::memory_order_relaxed); i < chunks;
+           i = next.fetch_add(1, std::memory_order_relaxed)) {
+        kernel(g, a_ptr, b_ptr, out_ptr, i * chunk, std::min(tasks, (i + 1) * chunk));
+      }
     });
   });
 }
