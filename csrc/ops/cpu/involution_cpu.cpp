@@ -54,19 +54,16 @@ void run(const Geometry& g, int64_t tasks, int64_t row_width, const at::Tensor& 
   const int64_t task_work = kRowsPerTask * g.channels_per_group() * g.taps() * row_width;
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, task_work));
   const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
-  const int64_t chunk = std::max(grain, ceil_div(tasks, threads * kChunksPerThread));
+  // One thread: a single chunk, so the kernel sets up its buffers once.
+  const int64_t chunk =
+      threads == 1 ? std::max<int64_t>(1, tasks) : std::max(grain, ceil_div(tasks, threads * kChunksPerThread));
   const int64_t chunks = ceil_div(tasks, chunk);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "involution_cpu", [&] {
     const auto kernel = pick(kernels().get<scalar_t>());
     const scalar_t* a_ptr = a.const_data_ptr<scalar_t>();
     const scalar_t* b_ptr = b.const_data_ptr<scalar_t>();
     scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
-    if (threads == 1 || chunks == 1) {
-      at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
-        kernel(g, a_ptr, b_ptr, out_ptr, begin, end);
-      });
-      return;
-    }
+    // A range of one runs inline, on the calling thread.
     std::atomic<int64_t> next{0};
     at::parallel_for(0, std::min(threads, chunks), 1, [&](int64_t, int64_t) {
       for (int64_t i = next.fetch_add(1, std::memory_order_relaxed); i < chunks;

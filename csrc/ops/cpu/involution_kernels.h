@@ -178,29 +178,21 @@ inline V load_as(const scalar_t* p) {
 template <typename acc_t, int Lanes, typename scalar_t>
 inline void copy_row(const scalar_t* src, int64_t n, acc_t* dst) {
   int64_t j = 0;
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    using V = typename Simd<acc_t, Lanes>::type;
-    for (; j + Lanes <= n; j += Lanes) {
-      const V v = load<V>(src + j);
-      std::memcpy(dst + j, &v, sizeof(V));
-    }
-    if (j < n && n >= Lanes) {  // the rest: one vector ending at n, overlapping copied ones
-      const V v = load<V>(src + n - Lanes);
-      std::memcpy(dst + n - Lanes, &v, sizeof(V));
-      j = n;
-    }
-  }
-  if constexpr (std::is_same_v<scalar_t, c10::BFloat16> && std::is_same_v<acc_t, float>) {
+  constexpr bool bfloat16_to_float32 =
+      std::is_same_v<scalar_t, c10::BFloat16> && std::is_same_v<acc_t, float>;
+  if constexpr (std::is_same_v<scalar_t, acc_t> || bfloat16_to_float32) {
     using V = typename Simd<acc_t, Lanes>::type;
     for (; j + Lanes <= n; j += Lanes) {
       const V v = load_as<V>(src + j);
       std::memcpy(dst + j, &v, sizeof(V));
     }
-    if (j < n && n >= Lanes) {
+    if (j < n && n >= Lanes) {  // the rest: one vector ending at n, overlapping copied ones
       const V v = load_as<V>(src + n - Lanes);
       std::memcpy(dst + n - Lanes, &v, sizeof(V));
       j = n;
     }
+  }
+  if constexpr (bfloat16_to_float32) {  // rows shorter than a vector
     const auto* bits = reinterpret_cast<const uint16_t*>(src);
     for (; j < n; ++j) dst[j] = bfloat16_to_float(bits[j]);
   }
@@ -637,7 +629,7 @@ void backward_input(const Geometry& g, const scalar_t* grad_y, const scalar_t* w
   std::vector<acc_t> w_staged(KD * KH * KW * len, acc_t(0));
   // s > 1: the phases of a channel block, [channel][phase][m_padded], and one interleaved row.
   std::vector<acc_t> phase_out(s > 1 ? CB * phases * m_padded : 0), row_out(s > 1 ? s * m_padded : 0);
-  std::vector<int64_t> od_of(KD), oh_of(kRowsPerTask * KH);
+  std::vector<int64_t> od_of(KD), oh_of((kRowsPerTask + 1) * KH);
   struct TapRow {
     int64_t gy, w;  // offsets of the staged grad_output row (channel 0) and weight rows
   };
@@ -667,8 +659,9 @@ void backward_input(const Geometry& g, const scalar_t* grad_y, const scalar_t* w
         }
       }
     }
-    // For input row ih and tap row kh, the output row that reads it (or -1).
-    for (int64_t ih = ih0; ih < ih1; ++ih) {
+    // For input row ih and tap row kh, the output row that reads it (or -1); also for the row
+    // after the block, whose weights are prefetched.
+    for (int64_t ih = ih0; ih < std::min(H, ih1 + 1); ++ih) {
       for (int64_t kh = 0; kh < KH; ++kh) {
         const int64_t n = ih + g.padding[1] - kh * g.dilation[1];
         oh_of[(ih - ih0) * KH + kh] = (n >= 0 && n % sh == 0 && n / sh < OH) ? n / sh : -1;
@@ -681,10 +674,10 @@ void backward_input(const Geometry& g, const scalar_t* grad_y, const scalar_t* w
       for (int64_t kd = 0; kd < KD && ih + 1 < H; ++kd) {
         if (od_of[kd] < 0) continue;
         for (int64_t kh = 0; kh < KH; ++kh) {
-          const int64_t n = ih + 1 + g.padding[1] - kh * g.dilation[1];
-          if (n < 0 || n % sh != 0 || n / sh >= OH) continue;
-          prefetch_rows(w_bg + (kd * KH + kh) * KW * out_volume + (od_of[kd] * OH + n / sh) * OW,
-                        KW, out_volume, OW);
+          const int64_t oh = oh_of[(ih + 1 - ih0) * KH + kh];
+          if (oh < 0) continue;
+          prefetch_rows(w_bg + (kd * KH + kh) * KW * out_volume + (od_of[kd] * OH + oh) * OW, KW,
+                        out_volume, OW);
         }
       }
       // The (kd, kh) tap rows that reach this input row, with their weight rows staged.
