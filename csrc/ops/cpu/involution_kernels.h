@@ -405,7 +405,8 @@ void forward(const Geometry& g, const scalar_t* x, const scalar_t* w, scalar_t* 
         constexpr int Sc = decltype(s_const)::value;
         const int64_t kw_count = KWc > 0 ? KWc : KW;
         const int64_t phase_len = slab.phase_len;
-        V acc[NB] = {};
+        V acc[NB];
+        for (int cb = 0; cb < NB; ++cb) acc[cb] = V{};
         for (int64_t kd = slab.kd_lo; kd < slab.kd_lo + slab.kd_count; ++kd) {
           for (int64_t u = kh.lo; u < kh.hi; ++u) {
             const scalar_t* w_tap = w_row + (kd * KH + u) * KW * w_tap_stride;
@@ -526,7 +527,8 @@ void backward_weight(const Geometry& g, const scalar_t* grad_y, const scalar_t* 
               const int64_t v = v0 + tb;
               off[tb] = Sc == 1 ? v : Sc == 2 ? (v % 2) * phase_len + v / 2 : slab.column_offset[v];
             }
-            V acc[NT] = {};
+            V acc[NT];
+            for (int tb = 0; tb < NT; ++tb) acc[tb] = V{};
 #pragma GCC unroll 2
             for (int64_t c = 0; c < cpg; ++c) {
               const V gv = load_as<V>(gy + c * gy_channel_stride);
