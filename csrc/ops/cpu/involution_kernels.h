@@ -395,7 +395,10 @@ void forward(const Geometry& g, const scalar_t* x, const scalar_t* w, scalar_t* 
     for (int64_t oh = oh0; oh < oh1; ++oh) {
       const TapRange kh = taps_in_range(oh, g.stride[1], g.padding[1], g.dilation[1], KH, g.in[1]);
       scalar_t* y_row = y + c0 * out_volume + (od * OH + oh) * OW;
-      if (oh + 1 < OH) prefetch_rows(w_task + (oh + 1 - oh0) * OW, taps, out_volume, OW);
+      // The next row's weights (the next task's first row after the last), fetched a column
+      // block at a time alongside the first channel block's work rather than in one burst that
+      // fills the miss buffers.
+      const scalar_t* w_next = oh + 1 < OH ? w_task + (oh + 1 - oh0) * OW : nullptr;
       // Output columns [j0, j0 + Lanes) of channels [c, c + NB); tap t's weights are at
       // w_row + t * w_tap_stride.
       auto block = [&](auto channels, auto kw_const, auto s_const, int64_t c, int64_t j0,
@@ -431,9 +434,13 @@ void forward(const Geometry& g, const scalar_t* x, const scalar_t* w, scalar_t* 
         }
       };
       auto columns = [&](auto channels, auto kw_const, auto s_const, int64_t c) {
+        const bool fetch = c == 0 && w_next != nullptr;
+        if (fetch) prefetch_rows(w_next, taps, out_volume, 1);
         for (int64_t j0 = 0; j0 < ow_full; j0 += Lanes) {
+          if (fetch) prefetch_rows(w_next + std::min(j0 + Lanes, OW) - 1, taps, out_volume, 1);
           block(channels, kw_const, s_const, c, j0, w_task + (oh - oh0) * OW + j0, out_volume);
         }
+        if (fetch && ow_full < OW) prefetch_rows(w_next + OW - 1, taps, out_volume, 1);
         if (ow_full < OW && tail_in_place) {
           block(channels, kw_const, s_const, c, ow_full, w_task + (oh - oh0) * OW + ow_full,
                 out_volume);
