@@ -15,7 +15,10 @@ design), as the baseline a direct kernel must beat.
 With several dtypes or thread counts, one table per configuration is followed by a side-by-side
 table of our op alone: one worker runs every configuration once per round, so the ratios
 between them (1 vs 2 threads, bfloat16 vs float32) are not skewed by the shared machine's
-drift between tables. On the CPU at batch 8 with float32 the program ends with the project's
+drift between tables. Before each configuration's passes in a round, a small parallel op at
+its thread count wakes the thread pool, as the ops before it in a network would: otherwise a
+configuration that follows a one-thread one pays for waking the pool's sleeping threads, which
+is not the op's scaling. On the CPU at batch 8 with float32 the program ends with the project's
 targets (issue 5), each marked met or MISSED.
 
 The floor of a pass is the larger of its bytes over the machine's copy bandwidth and its
@@ -192,6 +195,14 @@ def worker(spec: Dict) -> Dict:
     return {"times": times, "peak_bytes": peak}
 
 
+def wake_thread_pool(device: torch.device, threads: int) -> None:
+    """Runs a small parallel op on `threads` threads, so that the pool's threads, asleep after a
+    stretch on fewer threads, are awake when the timed pass starts (as after the ops before it
+    in a network). One at::parallel_for grain (32768 elements) per thread: 128 KiB each."""
+    if device.type == "cpu":
+        torch.zeros(threads * 32768).add_(1)
+
+
 def compare_worker(spec: Dict) -> Dict:
     """Our op under several (dtype, threads) configurations in one process, interleaved: every
     round runs each configuration once, so the shared machine's drift touches all of them alike
@@ -219,6 +230,7 @@ def compare_worker(spec: Dict) -> Dict:
         for (threads, passes), out in zip(runs, samples):
             torch.set_num_threads(threads)
             for kind, fn in passes.items():
+                wake_thread_pool(device, threads)
                 sync()
                 start = time.perf_counter()
                 fn()
@@ -243,6 +255,7 @@ def machine_worker(spec: Dict) -> Dict:
         for t in spec["threads"]:
             torch.set_num_threads(t)
             for kind, fn in work.items():
+                wake_thread_pool(device, t)
                 sync()
                 start = time.perf_counter()
                 fn()
@@ -429,7 +442,8 @@ def ratio_values(comparison: Dict, numerator, denominator, kind: str) -> tuple:
 def format_comparison(comparison: Dict, batch: int) -> str:
     configs = [tuple(c) for c in comparison["configs"]]
     ratios = comparison_ratios(comparison)
-    header = (f"our op side by side, batch {batch}: each round runs every configuration once; "
+    header = (f"our op side by side, batch {batch}: each round runs every configuration once, "
+              f"each pass after a small op wakes the thread pool; "
               f"ms, medians of {comparison['rounds']} rounds")
     cols = (f"{'shape':<10} | {'pass':<16} " + " ".join(f"{config_label(c):>14}" for c in configs)
             + " | " + " ".join(f"{label:>22}" for label, _, _ in ratios))
