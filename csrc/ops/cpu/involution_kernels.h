@@ -508,13 +508,13 @@ void backward_weight(const Geometry& g, const scalar_t* grad_y, const scalar_t* 
 
     for (int64_t oh = oh0; oh < oh1; ++oh) {
       const TapRange kh = taps_in_range(oh, g.stride[1], g.padding[1], g.dilation[1], KH, g.in[1]);
-      if (oh + 1 < OH) {  // the next row's grad_output, and its weight-gradient rows
-        prefetch_rows(gy_task + (oh + 1 - oh0) * OW, cpg, out_volume, OW);
-        prefetch_rows<1>(gw_task + (oh + 1) * OW, taps, out_volume, OW);
-      }
+      // The next row's grad_output; its weight-gradient rows are prefetched tap row by tap row
+      // below, spread over this row's work rather than in one burst that fills the miss buffers.
+      if (oh + 1 < OH) prefetch_rows(gy_task + (oh + 1 - oh0) * OW, cpg, out_volume, OW);
       for (int64_t kd = 0; kd < KD; ++kd) {
         for (int64_t u = 0; u < KH; ++u) {
           scalar_t* gw_row = gw_task + ((kd * KH + u) * KW) * out_volume + oh * OW;
+          if (oh + 1 < OH) prefetch_rows<1>(gw_row + OW, KW, out_volume, OW);
           const bool valid = kd >= slab.kd_lo && kd < slab.kd_lo + slab.kd_count && u >= kh.lo &&
                              u < kh.hi;
           if (!valid) {  // taps that read only padding
@@ -679,21 +679,17 @@ void backward_input(const Geometry& g, const scalar_t* grad_y, const scalar_t* w
     const scalar_t* w_bg = w + bg * taps * out_volume;
 
     for (int64_t ih = ih0; ih < ih1; ++ih) {
-      // The weight rows the next input row will stage, one short run per tap.
-      for (int64_t kd = 0; kd < KD && ih + 1 < H; ++kd) {
-        if (od_of[kd] < 0) continue;
-        for (int64_t kh = 0; kh < KH; ++kh) {
-          const int64_t oh = oh_of[(ih + 1 - ih0) * KH + kh];
-          if (oh < 0) continue;
-          prefetch_rows(w_bg + (kd * KH + kh) * KW * out_volume + (od_of[kd] * OH + oh) * OW, KW,
-                        out_volume, OW);
-        }
-      }
-      // The (kd, kh) tap rows that reach this input row, with their weight rows staged.
+      // The (kd, kh) tap rows that reach this input row, with their weight rows staged; and,
+      // one tap row at a time, the weight rows the next input row will stage.
       tap_rows.clear();
       for (int64_t kd = 0; kd < KD; ++kd) {
         if (od_of[kd] < 0) continue;
         for (int64_t kh = 0; kh < KH; ++kh) {
+          const int64_t oh_next = ih + 1 < H ? oh_of[(ih + 1 - ih0) * KH + kh] : -1;
+          if (oh_next >= 0) {
+            prefetch_rows(w_bg + (kd * KH + kh) * KW * out_volume + (od_of[kd] * OH + oh_next) * OW,
+                          KW, out_volume, OW);
+          }
           const int64_t oh = oh_of[(ih - ih0) * KH + kh];
           if (oh < 0) continue;
           const int64_t w_offset = (kd * KH + kh) * KW * len;
