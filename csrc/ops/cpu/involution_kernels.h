@@ -246,6 +246,14 @@ inline void prefetch_rows(const T* p, int64_t count, int64_t stride, int64_t n) 
 #endif
 }
 
+// One cache line in each of count rows stride elements apart: the line holding p[r * stride].
+template <int Write = 0, typename T>
+inline void prefetch_line_per_row(const T* p, int64_t count, int64_t stride) {
+#if defined(__GNUC__) || defined(__clang__)
+  for (int64_t r = 0; r < count; ++r) __builtin_prefetch(p + r * stride, Write, 3);
+#endif
+}
+
 // Valid index ranges along the depth/height axes.
 
 // Kernel taps k whose input index o*s - p + k*d lies in [0, n).
@@ -435,12 +443,12 @@ void forward(const Geometry& g, const scalar_t* x, const scalar_t* w, scalar_t* 
       };
       auto columns = [&](auto channels, auto kw_const, auto s_const, int64_t c) {
         const bool fetch = c == 0 && w_next != nullptr;
-        if (fetch) prefetch_rows(w_next, taps, out_volume, 1);
+        if (fetch) prefetch_line_per_row(w_next, taps, out_volume);
         for (int64_t j0 = 0; j0 < ow_full; j0 += Lanes) {
-          if (fetch) prefetch_rows(w_next + std::min(j0 + Lanes, OW) - 1, taps, out_volume, 1);
+          if (fetch) prefetch_line_per_row(w_next + j0 + Lanes - 1, taps, out_volume);
           block(channels, kw_const, s_const, c, j0, w_task + (oh - oh0) * OW + j0, out_volume);
         }
-        if (fetch && ow_full < OW) prefetch_rows(w_next + OW - 1, taps, out_volume, 1);
+        if (fetch && ow_full < OW) prefetch_line_per_row(w_next + OW - 1, taps, out_volume);
         if (ow_full < OW && tail_in_place) {
           block(channels, kw_const, s_const, c, ow_full, w_task + (oh - oh0) * OW + ow_full,
                 out_volume);
