@@ -42,33 +42,39 @@ const KernelTable& kernels() {
 // the table of a's dtype. a, b and out are contiguous; a task costs about
 // kRowsPerTask * C/G * taps * row_width multiply-adds.
 //
-// The tasks are handed out in chunks, kChunksPerThread per thread, from a shared counter rather
-// than as one fixed share per thread: a thread that runs slower (a busy sibling on a shared host,
-// a slower core) takes fewer chunks instead of holding the others up at the end. Which thread
-// runs a task does not change its result.
-constexpr int64_t kChunksPerThread = 8;
-
+// The threads take tasks from a shared counter in chunks that shrink as the work runs out
+// (guided self-scheduling): each grab takes 1 / (2 * threads) of the tasks left, and at least
+// `grain`. The first, large chunks keep the kernel's per-call setup (its staging buffers) rare;
+// the last ones, of a task or a few, let the threads finish together, where equal fixed chunks
+// leave one thread idle for up to a chunk at the end. A thread that runs slower (a busy
+// neighbour on a shared host, a slower core) simply takes fewer chunks. Which thread runs a task
+// does not change its result.
 template <typename Pick>
 void run(const Geometry& g, int64_t tasks, int64_t row_width, const at::Tensor& a,
          const at::Tensor& b, const at::Tensor& out, const Pick& pick) {
   const int64_t task_work = kRowsPerTask * g.channels_per_group() * g.taps() * row_width;
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, task_work));
-  const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
-  // One thread: a single chunk, so the kernel sets up its buffers once.
-  const int64_t chunk =
-      threads == 1 ? std::max<int64_t>(1, tasks) : std::max(grain, ceil_div(tasks, threads * kChunksPerThread));
-  const int64_t chunks = ceil_div(tasks, chunk);
+  const int64_t threads = std::min<int64_t>(
+      at::in_parallel_region() ? 1 : at::get_num_threads(), ceil_div(tasks, grain));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "involution_cpu", [&] {
     const auto kernel = pick(kernels().get<scalar_t>());
     const scalar_t* a_ptr = a.const_data_ptr<scalar_t>();
     const scalar_t* b_ptr = b.const_data_ptr<scalar_t>();
     scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
-    // A range of one runs inline, on the calling thread.
+    if (threads <= 1) {  // one call, so the kernel sets up its buffers once
+      kernel(g, a_ptr, b_ptr, out_ptr, 0, tasks);
+      return;
+    }
     std::atomic<int64_t> next{0};
-    at::parallel_for(0, std::min(threads, chunks), 1, [&](int64_t, int64_t) {
-      for (int64_t i = next.fetch_add(1, std::memory_order_relaxed); i < chunks;
-           i = next.fetch_add(1, std::memory_order_relaxed)) {
-        kernel(g, a_ptr, b_ptr, out_ptr, i * chunk, std::min(tasks, (i + 1) * chunk));
+    at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+      int64_t begin = next.load(std::memory_order_relaxed);
+      while (begin < tasks) {
+        const int64_t size = std::min(tasks - begin, std::max(grain, (tasks - begin) / (2 * threads)));
+        // On failure, begin is reloaded with the counter's current value.
+        if (next.compare_exchange_weak(begin, begin + size, std::memory_order_relaxed)) {
+          kernel(g, a_ptr, b_ptr, out_ptr, begin, begin + size);
+          begin = next.load(std::memory_order_relaxed);
+        }
       }
     });
   });
