@@ -69,7 +69,8 @@ void run(const Geometry& g, int64_t tasks, int64_t row_width, const at::Tensor& 
     at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
       int64_t begin = next.load(std::memory_order_relaxed);
       while (begin < tasks) {
-        const int64_t size = std::min(tasks - begin, std::max(grain, (tasks - begin) / (2 * threads)));
+        const int64_t left = tasks - begin;
+        const int64_t size = std::min(left, std::max(grain, left / (2 * threads)));
         // On failure, begin is reloaded with the counter's current value.
         if (next.compare_exchange_weak(begin, begin + size, std::memory_order_relaxed)) {
           kernel(g, a_ptr, b_ptr, out_ptr, begin, begin + size);
