@@ -15,10 +15,10 @@ design), as the baseline a direct kernel must beat.
 With several dtypes or thread counts, one table per configuration is followed by a side-by-side
 table of our op alone: one worker runs every configuration once per round, so the ratios
 between them (1 vs 2 threads, bfloat16 vs float32) are not skewed by the shared machine's
-drift between tables. Before each configuration's passes in a round, a small parallel op at
-its thread count wakes the thread pool, as the ops before it in a network would: otherwise a
-configuration that follows a one-thread one pays for waking the pool's sleeping threads, which
-is not the op's scaling. On the CPU at batch 8 with float32 the program ends with the project's
+drift between tables. Before each timed pass, a small parallel op at that configuration's
+thread count wakes the thread pool, as the ops before it in a network would: otherwise a pass
+that follows a one-thread one pays for waking the pool's sleeping threads, which is not the
+op's scaling. On the CPU at batch 8 with float32 the program ends with the project's
 targets (issue 5), each marked met or MISSED.
 
 The floor of a pass is the larger of its bytes over the machine's copy bandwidth and its
