@@ -16,7 +16,8 @@ export MAX_JOBS ?= 2
 $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==$(TORCH_VERSION) pytest numpy setuptools wheel ninja matplotlib scikit-learn
+	$(PY) -m pip install --quiet torch==$(TORCH_VERSION) pytest numpy setuptools wheel ninja matplotlib scikit-learn \
+		onnx==1.23.2 onnxscript==0.7.2 onnxruntime==1.32.0
 	touch $@
 
 $(VENV)/.built: $(VENV)/.deps $(SOURCES)

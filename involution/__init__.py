@@ -5,6 +5,7 @@
     layer = involution.Involution2d(64, 64, kernel_size=7, groups=4, reduce_ratio=4)
     layer3d = involution.Involution3d(16, 16, kernel_size=3, padding=1, groups=2)
     model = involution.models.rednet50()
+    involution.onnx.export(model.eval(), (torch.randn(1, 3, 224, 224),))  # ONNX, standard ops
 
 The ops are registered as torch.ops.involution.involution2d and involution3d (CPU and CUDA
 kernels, C++ autograd, meta kernels for torch.compile/torch.export, autocast).
@@ -18,6 +19,7 @@ from . import functional  # noqa: E402
 from .functional import involution2d, involution3d  # noqa: E402
 from .modules import Involution2d, Involution3d  # noqa: E402
 from . import models  # noqa: E402
+from . import onnx  # noqa: E402  (imports neither onnx nor onnxscript)
 
 try:
     from .version import __version__  # noqa: E402
@@ -32,5 +34,6 @@ __all__ = [
     "involution3d",
     "library_path",
     "models",
+    "onnx",
     "__version__",
 ]
