@@ -4,6 +4,7 @@
     python -m involution.benchmark --dtype bfloat16 --threads 1 --json out.json --plot out.png
     python -m involution.benchmark --markdown benchmarks/RESULTS.md
     python -m involution.benchmark --device cuda --dtype float32,float16   # batch 64
+    python -m involution.benchmark --onnxruntime     # and the op exported to ONNX, in onnxruntime
 
 Each (shape, implementation) runs in a fresh worker process, so neither inherits the other's
 heap. A worker first measures the peak memory rise of one forward+backward (max RSS on the CPU,
@@ -19,7 +20,8 @@ drift between tables. Before each timed pass, a small parallel op at that config
 thread count wakes the thread pool, as the ops before it in a network would: otherwise a pass
 that follows a one-thread one pays for waking the pool's sleeping threads, which is not the
 op's scaling. On the CPU at batch 8 with float32 the program ends with the project's
-targets (issue 5), each marked met or MISSED.
+targets (issue 5), each marked met or MISSED. With --onnxruntime it adds the deployment cost: the
+op exported with involution.onnx, run in onnxruntime next to ours (onnxruntime_worker).
 
 The floor of a pass is the larger of its bytes over the machine's copy bandwidth and its
 multiply-adds over its matrix-multiply rate, both measured at start with the same threads.
@@ -28,6 +30,7 @@ writes the output; backward reads grad_output, input and weight and writes both 
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -144,6 +147,8 @@ def worker(spec: Dict) -> Dict:
         return compare_worker(spec)
     if spec["impl"] == "machine":
         return machine_worker(spec)
+    if spec["impl"] == "onnxruntime":
+        return onnxruntime_worker(spec)
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
     dtype = getattr(torch, spec["dtype"])
@@ -520,6 +525,90 @@ def check_targets(results: List[Dict], comparison, args) -> List[tuple]:
     return checks
 
 
+# --onnxruntime: the deployment cost. The op exported with involution.onnx at two opsets: 20 (the
+# exporter's default) gives one DeformConv node, 18 the decomposition (Pad, then Slice, Mul, Add
+# per tap) that 3-D involution and opsets below 19 get.
+ONNXRUNTIME_VARIANTS = (("DeformConv", 20), ("decomposed", 18))
+
+
+def onnxruntime_worker(spec: Dict) -> Dict:
+    """Our op's forward and the same op exported with involution.onnx and run in onnxruntime's
+    CPU provider, on the same float32 inputs and thread count, interleaved round by round.
+    onnxruntime's idle threads sleep instead of spinning, so that they do not take the cores
+    from the torch pass that follows. Returns median seconds and the max |difference| to ours."""
+    import onnxruntime
+    import involution.onnx
+
+    threads = spec["threads"]
+    torch.set_num_threads(threads)
+    device = torch.device("cpu")
+    x, w, _, params = make_inputs(Shape(**spec["shape"]), spec["batch"], torch.float32, device)
+    op = implementation("ours")
+
+    class Op(torch.nn.Module):
+        def forward(self, x, w):
+            return op(x, w, *params)
+
+    expected = op(x, w, *params).numpy()
+    feeds = {"input": x.numpy(), "weight": w.numpy()}
+    runs, diffs = {"ours": lambda: op(x, w, *params)}, {}
+    for name, opset in ONNXRUNTIME_VARIANTS:
+        program = involution.onnx.export(Op(), (x, w), opset_version=opset, verbose=False,
+                                         input_names=["input", "weight"])
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session = onnxruntime.InferenceSession(program.model_proto.SerializeToString(), options,
+                                               providers=["CPUExecutionProvider"])
+        diffs[name] = float(abs(session.run(None, feeds)[0] - expected).max())
+        runs[name] = lambda session=session: session.run(None, feeds)
+    samples = {name: [] for name in runs}
+    for round_index in range(spec["warmup"] + spec["repeats"]):
+        for name, fn in runs.items():
+            wake_thread_pool(device, threads)
+            start = time.perf_counter()
+            fn()
+            if round_index >= spec["warmup"]:
+                samples[name].append(time.perf_counter() - start)
+    return {"times": {name: statistics.median(v) for name, v in samples.items()},
+            "max_abs_diff": diffs}
+
+
+def run_onnxruntime(args, shapes, threads: List[int], step) -> Dict:
+    rows = []
+    for n in threads:
+        for shape in shapes:
+            step(f"{shape.name} onnxruntime x{n}")
+            rows.append({"shape": shape._asdict(), "threads": n, **run_worker({
+                "impl": "onnxruntime", "shape": shape._asdict(), "batch": args.batch,
+                "threads": n, "repeats": 4 * args.repeats, "warmup": args.warmup})})
+    return {"batch": args.batch, "rounds": 4 * args.repeats, "rows": rows}
+
+
+def format_onnxruntime(result: Dict) -> str:
+    names = [name for name, _ in ONNXRUNTIME_VARIANTS]
+    header = (f"deployment: our op against the op exported with involution.onnx, in onnxruntime "
+              f"(CPU provider; DeformConv: opset 20, decomposed: opset 18), forward, float32, "
+              f"batch {result['batch']}, interleaved; ms, medians of {result['rounds']} rounds")
+    cols = (f"{'shape':<10} {'thr':>3} | {'ours ms':>8} "
+            + " ".join(f"{'ort ' + n + ' ms':>20}" for n in names) + " | "
+            + " ".join(f"{n + ' / ours':>17}" for n in names) + " | max |ort - ours|")
+    lines = [header, "", cols, "-" * len(cols)]
+    for threads in dict.fromkeys(r["threads"] for r in result["rows"]):
+        rows = [r for r in result["rows"] if r["threads"] == threads]
+        for r in rows + [None]:
+            times = ({k: sum(x["times"][k] for x in rows) for k in ["ours"] + names}
+                     if r is None else r["times"])
+            label = "total" if r is None else r["shape"]["name"]
+            diff = "" if r is None else ", ".join(f"{r['max_abs_diff'][n]:.1e}" for n in names)
+            lines.append(f"{label:<10} {threads:>3} | {times['ours'] * 1e3:>8.2f} "
+                         + " ".join(f"{times[n] * 1e3:>20.2f}" for n in names) + " | "
+                         + " ".join(f"{times[n] / times['ours']:>16.1f}x" for n in names)
+                         + f" | {diff}")
+    return "\n".join(lines)
+
+
 def format_targets(checks: List[tuple]) -> str:
     width = max(len(t) for t, _, _ in checks)
     lines = ["targets (CPU, float32, batch 8; tables above, side by side in this run)", ""]
@@ -636,6 +725,10 @@ def main(argv=None) -> int:
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--plot", metavar="PNG", help="also plot speed-ups and floor ratios")
     parser.add_argument("--markdown", metavar="PATH", help="also write a results page")
+    parser.add_argument("--onnxruntime", action="store_true",
+                        help="also time the forward of the op exported with involution.onnx in "
+                             "onnxruntime, next to ours (CPU, float32; needs onnx, onnxscript "
+                             "and onnxruntime)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -663,6 +756,15 @@ def main(argv=None) -> int:
     total = len(configs) * len(shapes) * len(implementations(device))
     if len(configs) > 1:
         total += len(shapes)
+    if args.onnxruntime:
+        if device.type != "cpu":
+            parser.error(f"--onnxruntime runs on the CPU only, got --device {args.device}")
+        missing = [m for m in ("onnx", "onnxscript", "onnxruntime")
+                   if importlib.util.find_spec(m) is None]
+        if missing:
+            parser.error(f"--onnxruntime needs {', '.join(missing)}: pip install onnx==1.23.2 "
+                         "onnxscript==0.7.2 onnxruntime==1.32.0")
+        total += len(shapes) * len(threads)
     done_counter = iter(range(total))
 
     def step(label):
@@ -671,11 +773,13 @@ def main(argv=None) -> int:
     for dtype_name, n_threads in configs:
         results.append(run_config(args, device, shapes, dtype_name, n_threads, step))
     comparison = run_comparison(args, device, shapes, configs, step) if len(configs) > 1 else None
+    deployment = run_onnxruntime(args, shapes, threads, step) if args.onnxruntime else None
     progress(total, total, "done")
 
     checks = check_targets(results, comparison, args)
     extra = ([format_comparison(comparison, args.batch)] if comparison else []) + (
-        [format_targets(checks)] if checks else [])
+        [format_targets(checks)] if checks else []) + (
+        [format_onnxruntime(deployment)] if deployment else [])
     text = "\n\n".join([format_table(r) for r in results] + extra)
     print(text)
     for path in (args.json, args.plot, args.markdown):
@@ -683,7 +787,7 @@ def main(argv=None) -> int:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"tables": results, "comparison": comparison,
+            json.dump({"tables": results, "comparison": comparison, "onnxruntime": deployment,
                        "targets": [{"target": t, "measured": v, "met": ok}
                                    for t, v, ok in checks]}, f, indent=2)
     if args.plot:

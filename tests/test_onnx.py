@@ -344,3 +344,29 @@ def test_torchscript_exporter(tmp_path):
         torch.onnx.export(model2d, (cases[0][1],), str(tmp_path / "old.onnx"), dynamo=False,
                           opset_version=10)
     assert "needs opset >= 11, got opset_version=10" in error_chain(excinfo)
+
+
+# ------------------------------------------------------------------------------ benchmark column
+
+
+def test_benchmark_onnxruntime_column():
+    """The benchmark's --onnxruntime worker (in process, tiny sizes: this checks the program,
+    not speed) and its table."""
+    from involution.benchmark import (ONNXRUNTIME_VARIANTS, REDNET50_SHAPES, format_onnxruntime,
+                                      onnxruntime_worker)
+
+    shape = next(s for s in REDNET50_SHAPES if s.name == "stage4-s2")
+    out = onnxruntime_worker({"shape": shape._asdict(), "batch": 1, "threads": 1, "repeats": 2,
+                              "warmup": 0})
+    names = [name for name, _ in ONNXRUNTIME_VARIANTS]
+    assert set(out["times"]) == {"ours", *names} and all(t > 0 for t in out["times"].values())
+    assert all(out["max_abs_diff"][n] < 1e-4 for n in names), out["max_abs_diff"]
+    table = format_onnxruntime({"batch": 1, "rounds": 2,
+                                "rows": [{"shape": shape._asdict(), "threads": 1, **out}]})
+    assert "stage4-s2" in table and "total" in table and "ort DeformConv ms" in table
+
+
+def test_benchmark_onnxruntime_is_cpu_only():
+    out = subprocess.run([sys.executable, "-m", "involution.benchmark", "--onnxruntime",
+                          "--device", "cuda"], capture_output=True, text=True)
+    assert out.returncode != 0 and "--onnxruntime runs on the CPU only" in out.stderr
