@@ -292,7 +292,7 @@ def export(model, args=(), f=None, **kwargs):
                              **kwargs)
 
 
-# ------------------------------------------------------------------------------ TorchScript exporter
+# ----------------------------------------------------------------------------- TorchScript exporter
 
 
 def _torchscript_symbolic(n: int) -> Callable:
@@ -330,11 +330,13 @@ def _torchscript_symbolic(n: int) -> Callable:
 def _register_torchscript_symbolics() -> None:
     import torch.onnx
 
+    register = getattr(torch.onnx, "register_custom_op_symbolic", None)
+    if register is None:  # a torch without the TorchScript-based exporter: nothing to register
+        return
     for n in (2, 3):
         # Registered at the base opset so that lower opsets get the clear error above instead
         # of "unrecognized namespace".
-        torch.onnx.register_custom_op_symbolic(f"involution::involution{n}d",
-                                               _torchscript_symbolic(n), 9)
+        register(f"involution::involution{n}d", _torchscript_symbolic(n), 9)
 
 
 _register_torchscript_symbolics()

@@ -14,10 +14,12 @@ import torch
 import torch.nn as nn
 from torch.export import Dim
 
-onnx = pytest.importorskip("onnx", reason="onnx is not installed (the Makefile pins it)")
+MISSING = ("{} is not installed; the Makefile installs onnx==1.23.2 onnxscript==0.7.2 "
+           "onnxruntime==1.32.0 into a new .venv (into an existing one: pip install them)")
+onnx = pytest.importorskip("onnx", reason=MISSING.format("onnx"))
 import onnx.inliner  # noqa: E402
-pytest.importorskip("onnxscript", reason="onnxscript is not installed (the Makefile pins it)")
-ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (the Makefile pins it)")
+pytest.importorskip("onnxscript", reason=MISSING.format("onnxscript"))
+ort = pytest.importorskip("onnxruntime", reason=MISSING.format("onnxruntime"))
 
 import involution  # noqa: E402
 import involution.onnx  # noqa: E402
@@ -309,7 +311,7 @@ def test_import_does_not_need_onnx(tmp_path):
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
-# ------------------------------------------------------------------------------ TorchScript exporter
+# ----------------------------------------------------------------------------- TorchScript exporter
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
