@@ -2,7 +2,7 @@
 // The CPU kernels of each instruction set, as tables of function pointers.
 //
 // kernels_default.cpp, kernels_avx2.cpp and kernels_avx512.cpp each compile
-// involution_kernels.h for one instruction set; involution_cpu.cpp picks the best table the
+// row_kernels.h for one instruction set; involution_kernel.cpp picks the best table the
 // machine supports (ATen's CPU capability, so ATEN_CPU_CAPABILITY=default|avx2|avx512 applies).
 // Every header the kernels need is included here, before any target region begins.
 
@@ -28,7 +28,7 @@ namespace cpu {
 inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 inline int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
 
-// A task writes a block of this many (b, g, depth, height) rows: see involution_kernels.h.
+// A task writes a block of this many (b, g, depth, height) rows: see row_kernels.h.
 constexpr int64_t kRowsPerTask = 8;
 
 // Tasks of forward and backward_weight (blocks of output rows) and of backward_input (blocks of

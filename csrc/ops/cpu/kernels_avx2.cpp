@@ -11,7 +11,7 @@
 #endif
 #define INVOLUTION_CPU_ISA avx2
 #define INVOLUTION_CPU_F16C  // float16 conversions with vcvtph2ps/vcvtps2ph
-#include "involution_kernels.h"
+#include "row_kernels.h"
 #if defined(__clang__)
 #pragma clang attribute pop
 #else

@@ -3,7 +3,7 @@
 #include "kernel_table.h"
 
 #define INVOLUTION_CPU_ISA baseline
-#include "involution_kernels.h"
+#include "row_kernels.h"
 
 namespace involution {
 namespace cpu {
