@@ -4,6 +4,8 @@
 
 #include <string>
 
+#include "dtypes.h"
+
 namespace involution {
 namespace detail {
 
@@ -50,11 +52,8 @@ void check_tensor(const char* op, const char* name, const at::Tensor& t, int64_t
   TORCH_CHECK(t.dim() == ndim, op, ": expected ", name, " to be a ", ndim, "-D tensor ",
               expected_layout, ", but got a ", t.dim(), "-D tensor of shape ", t.sym_sizes());
   const auto dtype = t.scalar_type();
-  TORCH_CHECK(dtype == at::kDouble || dtype == at::kFloat || dtype == at::kHalf ||
-                  dtype == at::kBFloat16,
-              op, ": expected ", name,
-              " to have a floating-point dtype (float64, float32, float16 or bfloat16), but got ",
-              dtype);
+  TORCH_CHECK(is_supported_dtype(dtype), op, ": expected ", name,
+              " to have a floating-point dtype (", kSupportedDtypes, "), but got ", dtype);
 }
 
 void check_same_kind(const char* op, const char* name_a, const at::Tensor& a, const char* name_b,

@@ -2,7 +2,6 @@
 // shared checks and preparation (prepare.h), then the row kernels of row_kernels.h, of the best
 // instruction set the machine allows (kernel_table.h), run in parallel over tasks of rows.
 
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/Version.h>
 #include <torch/library.h>
@@ -11,6 +10,7 @@
 #include <atomic>
 #include <string>
 
+#include "../dtypes.h"
 #include "../op_family.h"
 #include "../prepare.h"
 #include "kernel_table.h"
@@ -60,7 +60,7 @@ void run(const Geometry& g, int64_t tasks, int64_t row_width, const at::Tensor& 
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, task_work));
   const int64_t threads = std::min<int64_t>(
       at::in_parallel_region() ? 1 : at::get_num_threads(), ceil_div(tasks, grain));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "involution_cpu", [&] {
+  INVOLUTION_DISPATCH_SUPPORTED_TYPES(a.scalar_type(), "involution_cpu", [&] {
     const auto kernel = pick(kernels().get<scalar_t>());
     const scalar_t* a_ptr = a.const_data_ptr<scalar_t>();
     const scalar_t* b_ptr = b.const_data_ptr<scalar_t>();
