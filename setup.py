@@ -16,13 +16,23 @@ torch.ops.load_library, and C++ programs can link the same sources (CMakeLists.t
 
 import glob
 import os
+import re
 
 import torch
 from setuptools import find_packages, setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-VERSION = "0.1.0"  # keep in step with CMakeLists.txt and csrc/ops/library.cpp
+
+
+def read_version():
+    # The one place the version is written: CMakeLists.txt's project() (the C++ library gets it
+    # from there as INVOLUTION_VERSION_NUMBER).
+    with open(os.path.join(ROOT, "CMakeLists.txt")) as f:
+        return re.search(r"project\(involution VERSION (\d+\.\d+\.\d+)", f.read()).group(1)
+
+
+VERSION = read_version()
 
 
 def write_version_file(cuda: bool):
@@ -59,9 +69,11 @@ def extension():
     # parallel (its OpenMP runtime is the one torch already loaded: no -lgomp).
     cxx = ["-O3", "-ffp-contract=fast", "-fno-tree-loop-distribute-patterns", "-fopenmp",
            "-fvisibility=hidden"]
+    major, minor, patch = (int(v) for v in VERSION.split("."))
     common = dict(
         include_dirs=[os.path.join(ROOT, "csrc", "include")],
-        define_macros=[("INVOLUTION_BUILDING_LIBRARY", None)],
+        define_macros=[("INVOLUTION_BUILDING_LIBRARY", None),
+                       ("INVOLUTION_VERSION_NUMBER", str(major * 10000 + minor * 100 + patch))],
         py_limited_api=True,
     )
     if not CUDA:
