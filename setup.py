@@ -8,8 +8,14 @@ Build isolation must be off: the library must be compiled against the torch it w
 The CUDA kernels (csrc/ops/cuda/*.cu) are built when torch has CUDA (torch.version.cuda) and a
 CUDA toolkit is found (CUDA_HOME, or nvcc on PATH); no GPU is needed to build them. FORCE_CUDA=1
 requires them (and fails if no toolkit is found), FORCE_CUDA=0 builds the CPU kernels only.
-Without a GPU visible, set TORCH_CUDA_ARCH_LIST (e.g. "8.0;9.0"); with /usr/local/bin/nvcc a
-wrapper, set CUDA_HOME=/usr/local/cuda.
+Defaults, printed at build time:
+  * the toolkit is CUDA_HOME when set, else the one the `nvcc` on PATH really runs (asked with
+    `nvcc --dryrun`, so a wrapper script such as /usr/local/bin/nvcc does not mislead it);
+  * the GPU architectures are TORCH_CUDA_ARCH_LIST when set, else those of the visible GPUs
+    (torch's own choice), else, with no GPU visible, every architecture this torch was built
+    for that the toolkit can compile (torch alone would fail with an IndexError there).
+A toolkit whose CUDA version differs from torch's is named in a warning (a different major
+version fails in torch's own check).
 The op library is a plain shared library (no Python.h): Python loads it with
 torch.ops.load_library, and C++ programs can link the same sources (CMakeLists.txt).
 """
@@ -17,10 +23,10 @@ torch.ops.load_library, and C++ programs can link the same sources (CMakeLists.t
 import glob
 import os
 import re
+import shutil
+import subprocess
 
 import torch
-from setuptools import find_packages, setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -33,6 +39,65 @@ def read_version():
 
 
 VERSION = read_version()
+
+
+def toolkit_of_nvcc():
+    """The toolkit directory the nvcc on PATH really runs from, or None."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return None
+    try:
+        probe = os.path.join(ROOT, "build", "nvcc-probe.cu")
+        os.makedirs(os.path.dirname(probe), exist_ok=True)
+        open(probe, "w").close()
+        out = subprocess.run([nvcc, "--dryrun", "-c", probe, "-o", probe + ".o"],
+                             capture_output=True, text=True, timeout=60)
+        top = re.search(r"TOP=(\S+)", out.stdout + out.stderr)
+        if top:
+            return os.path.realpath(os.path.join(top.group(1)))
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+
+
+# torch.utils.cpp_extension reads CUDA_HOME when it is imported: choose it first.
+if torch.version.cuda is not None and os.environ.get("FORCE_CUDA") != "0" \
+        and not os.environ.get("CUDA_HOME") and not os.environ.get("CUDA_PATH"):
+    _toolkit = toolkit_of_nvcc()
+    if _toolkit and os.path.exists(os.path.join(_toolkit, "bin", "nvcc")):
+        os.environ["CUDA_HOME"] = _toolkit
+
+from setuptools import find_packages, setup  # noqa: E402
+from torch.utils.cpp_extension import (  # noqa: E402
+    CUDA_HOME, BuildExtension, CppExtension, CUDAExtension)
+
+
+def nvcc_version():
+    out = subprocess.run([os.path.join(CUDA_HOME, "bin", "nvcc"), "--version"],
+                         capture_output=True, text=True).stdout
+    m = re.search(r"release (\d+\.\d+)", out)
+    return m.group(1) if m else "unknown"
+
+
+def choose_architectures():
+    """Sets TORCH_CUDA_ARCH_LIST when it is unset and no GPU is visible; returns it."""
+    chosen = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if chosen:
+        return chosen + " (TORCH_CUDA_ARCH_LIST)"
+    if torch.cuda.is_available():
+        return "those of the visible GPUs (torch's default)"
+    supported = subprocess.run([os.path.join(CUDA_HOME, "bin", "nvcc"), "--list-gpu-arch"],
+                               capture_output=True, text=True).stdout.split()
+    supported = {a.replace("compute_", "") for a in supported}
+    built = [a.replace("sm_", "") for a in torch._C._cuda_getArchFlags().split()
+             if a.startswith("sm_")]
+    archs = [f"{a[:-1]}.{a[-1]}" for a in built if a in supported]
+    if not archs:
+        raise RuntimeError(
+            f"no GPU is visible and none of the architectures torch was built for ({built}) is "
+            f"supported by the toolkit at {CUDA_HOME}: set TORCH_CUDA_ARCH_LIST")
+    os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(archs)
+    return os.environ["TORCH_CUDA_ARCH_LIST"] + " (no GPU visible: torch's architectures)"
 
 
 def write_version_file(cuda: bool):
@@ -78,7 +143,19 @@ def extension():
     )
     if not CUDA:
         return CppExtension("involution._C", sources, extra_compile_args={"cxx": cxx}, **common)
-    print(f"involution: building the CUDA kernels (CUDA {torch.version.cuda}, {CUDA_HOME})")
+    toolkit = nvcc_version()
+    archs = choose_architectures()
+    print(f"involution: building the CUDA kernels with the toolkit at {CUDA_HOME} "
+          f"(nvcc {toolkit}, torch built with CUDA {torch.version.cuda}) for {archs}")
+    if toolkit.split(".")[0] != str(torch.version.cuda).split(".")[0]:
+        print(f"involution: WARNING: the CUDA toolkit ({toolkit}) and torch's CUDA "
+              f"({torch.version.cuda}) differ in major version; torch will refuse to build. "
+              "Point CUDA_HOME at a toolkit of torch's CUDA version, or install the torch "
+              "built for your toolkit.")
+    elif toolkit != torch.version.cuda:
+        print(f"involution: note: the CUDA toolkit ({toolkit}) and torch's CUDA "
+              f"({torch.version.cuda}) differ in minor version (supported by CUDA's minor "
+              "version compatibility)")
     sources += sorted(glob.glob("csrc/ops/cuda/*.cu"))
     nvcc = ["-O3", "--expt-relaxed-constexpr", "-Xcompiler=-fvisibility=hidden"]
     return CUDAExtension("involution._C", sources,
