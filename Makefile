@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh') setup.py
 export MAX_JOBS ?= 2
 
-.PHONY: bench test build results cpp cpp-test wheel wheel-check cuda-build clean
+.PHONY: bench test build results cpp cpp-test wheel wheel-check cuda-build cuda-report emulate clean
 
 $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
@@ -83,13 +83,38 @@ $(CUDA_VENV)/.deps:
 
 cuda-build: $(CUDA_VENV)/.deps
 	rm -rf build/cuda-src build/cuda-dist && mkdir -p build/cuda-src
-	git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t build/cuda-src
+	git ls-files -z --cached --others --exclude-standard | \
+		xargs -0 -n1 sh -c '[ ! -e "$$0" ] || cp --parents -t build/cuda-src "$$0"'
+	# The common install path's defaults (no TORCH_CUDA_ARCH_LIST, no CUDA_HOME, no GPU): setup.py
+	# must choose the toolkit and the architectures itself, and say so.
+	cd build/cuda-src && env -u TORCH_CUDA_ARCH_LIST -u CUDA_HOME \
+		../cuda-venv/bin/python setup.py --name | grep "no GPU visible: torch's architectures"
 	cd build/cuda-src && FORCE_CUDA=1 CUDA_HOME=$(CUDA_HOME) TORCH_CUDA_ARCH_LIST="$(CUDA_ARCHS)" \
 		../cuda-venv/bin/python -m pip wheel --quiet --no-build-isolation --no-deps -w ../cuda-dist .
 	$(CUDA_VENV)/bin/python -m pip install --quiet --force-reinstall --no-deps build/cuda-dist/*.whl
 	cd /tmp && TORCH_CUDA_ARCH_LIST="$(CUDA_ARCHS)" $(CURDIR)/$(CUDA_VENV)/bin/python -P \
 		$(CURDIR)/tests/cuda_build_check.py
 	cd /tmp && $(CURDIR)/$(CUDA_VENV)/bin/pytest -q -p no:warnings -rs $(CURDIR)/build/cuda-src/tests
+	$(MAKE) cuda-report
+
+# Registers, stack, local and shared memory of every CUDA kernel instance, and the SASS
+# instructions per FMA of each hot loop, from the library cuda-build installed (cuobjdump from
+# the CUDA venv's triton); fails on any stack frame or local memory, for every architecture.
+CUDA_LIBRARY = $$($(CUDA_VENV)/bin/python -P -c 'import involution; print(involution.library_path)')
+cuda-report:
+	for arch in $$(echo "$(CUDA_ARCHS)" | tr ';' ' '); do \
+		$(CUDA_VENV)/bin/python tests/cuda_report.py $(CUDA_LIBRARY) \
+			--arch sm_$$(echo $$arch | tr -d .) --markdown build/cuda-report-sm_$$(echo $$arch | tr -d .).md \
+			|| exit 1; \
+	done
+
+# The CUDA kernels run on the host (tests/cpp/emulate_cuda_kernels.cpp) under AddressSanitizer
+# and UndefinedBehaviorSanitizer: index arithmetic, bounds and alignment, without a GPU.
+emulate:
+	mkdir -p build
+	$(CXX) -std=c++20 -O1 -g -Wall -Wextra -Wno-unknown-pragmas -fsanitize=address,undefined \
+		-fno-sanitize-recover=all -o build/emulate_cuda_kernels tests/cpp/emulate_cuda_kernels.cpp
+	build/emulate_cuda_kernels 400
 
 clean:
 	rm -rf build dist *.egg-info involution/_C*.so involution/version.py $(VENV)

@@ -9,9 +9,8 @@
 Each (shape, implementation) runs in a fresh worker process, so neither inherits the other's
 heap. A worker first measures the peak memory rise of one forward+backward (max RSS on the CPU,
 the allocator's peak on CUDA), then times forward, backward (both gradients) and
-forward+backward: medians of --repeats runs after --warmup runs. On CUDA the table also times
-the forward of a naive kernel (one thread per output element, the official CuPy kernel's
-design), as the baseline a direct kernel must beat.
+forward+backward: medians of --repeats runs after --warmup runs. (On CUDA, the official
+kernels' design is timed by benchmarks/cuda_official_baseline.py, which the GPU check runs.)
 
 With several dtypes or thread counts, one table per configuration is followed by a side-by-side
 table of our op alone: one worker runs every configuration once per round, so the ratios
@@ -78,7 +77,7 @@ IMPLEMENTATIONS = ("ours", "unfold")
 
 
 def implementations(device) -> tuple:
-    return IMPLEMENTATIONS + (("naive",) if device.type == "cuda" else ())
+    return IMPLEMENTATIONS
 
 
 def make_inputs(shape: Shape, batch: int, dtype, device):
@@ -96,10 +95,6 @@ def implementation(name: str):
         import involution  # noqa: F401  (loads the op library)
 
         return torch.ops.involution.involution2d
-    if name == "naive":
-        import involution  # noqa: F401
-
-        return torch.ops.involution._involution2d_naive
     from involution.reference import involution2d_unfold
 
     return involution2d_unfold
@@ -156,9 +151,6 @@ def worker(spec: Dict) -> Dict:
     impl = implementation(spec["impl"])
     x, w, gy, params = make_inputs(shape, spec["batch"], dtype, device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    if spec["impl"] == "naive":  # a forward-only baseline
-        return {"times": {"forward": time_pass(lambda: impl(x, w, *params), spec, sync)},
-                "peak_bytes": 0}
     x.requires_grad_()
     w.requires_grad_()
 
@@ -356,9 +348,6 @@ def format_table(result: Dict) -> str:
     cols = (f"{'shape':<10} {'C':>4} {'HxW':>7} {'G':>3} {'K':>2} {'s':>2} | {'pass':<16} "
             f"{'ours ms':>8} {'unfold ms':>10} {'speed-up':>9} | {'floor ms':>8} {'x floor':>8} "
             f"{'GB/s':>6} {'GFLOP/s':>8} | {'peak MiB ours':>13} {'unfold':>8}")
-    naive = "naive" in result["rows"][0]
-    if naive:
-        cols += f" | {'naive ms':>8} {'vs naive':>8}"
     lines += [cols, "-" * len(cols)]
     for r in result["rows"]:
         s = r["shape"]
@@ -375,10 +364,7 @@ def format_table(result: Dict) -> str:
                 f"{lead} | {kind:<16} {ours * 1e3:>8.2f} {unfold * 1e3:>10.2f} "
                 f"{unfold / ours:>8.1f}x | {r['floor'][kind] * 1e3:>8.2f} "
                 f"{ours / r['floor'][kind]:>7.1f}x {nbytes / ours / 1e9:>6.1f} "
-                f"{2 * macs / ours / 1e9:>8.1f} | {memory:>22}"
-                + (f" | {r['naive']['times']['forward'] * 1e3:>8.2f} "
-                   f"{r['naive']['times']['forward'] / ours:>7.1f}x"
-                   if naive and kind == "forward" else ""))
+                f"{2 * macs / ours / 1e9:>8.1f} | {memory:>22}")
     lines += ["", f"max |ours - unfold| per shape: "
               + ", ".join(f"{r['shape']['name']} {r['max_abs_diff']:.1e}" for r in result["rows"]),
               f"peak MiB: rise of the process's peak memory during one forward+backward; "

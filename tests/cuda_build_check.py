@@ -11,8 +11,7 @@ import involution
 from involution import version
 
 OPS = ["involution2d", "_involution2d_backward_input", "_involution2d_backward_weight",
-       "involution3d", "_involution3d_backward_input", "_involution3d_backward_weight",
-       "_involution2d_naive"]
+       "involution3d", "_involution3d_backward_input", "_involution3d_backward_weight"]
 
 
 def main() -> int:

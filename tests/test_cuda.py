@@ -19,7 +19,12 @@ CASES_3D = random_cases_3d(6, seed=8)
 # The paper's layer: 16 channels per group (one register block), K=7, stride 1 and 2.
 REDNET = [Case(2, 64, 4, (28, 28), (7, 7), (1, 1), (3, 3), (1, 1)),
           Case(2, 64, 4, (29, 27), (7, 7), (2, 2), (3, 3), (1, 1)),
-          Case(1, 96, 2, (13, 13), (3, 3), (1, 1), (1, 1), (1, 1))]  # 48 channels per group
+          Case(1, 96, 2, (13, 13), (3, 3), (1, 1), (1, 1), (1, 1)),  # 48 channels per group
+          # The other tiled specialisations: K = 3 at stride 2, input pairs (even width, odd
+          # padding) or not, partial column blocks, channels left after the register blocks.
+          Case(2, 40, 2, (15, 16), (3, 3), (2, 2), (1, 1), (1, 1)),
+          Case(1, 36, 3, (14, 14), (7, 7), (1, 1), (2, 2), (1, 1)),
+          Case(2, 32, 2, (7, 7), (7, 7), (2, 2), (3, 3), (1, 1))]
 
 
 def run(fn, case, x, w):
@@ -76,13 +81,6 @@ def test_autocast_runs_in_the_region_dtype(dtype):
         assert ops.involution2d(x64, w64, *case.params()).dtype == torch.float64
 
 
-def test_naive_baseline_matches():
-    for case in REDNET:
-        x, w = case.tensors(dtype=torch.float32, device="cuda")
-        torch.testing.assert_close(ops._involution2d_naive(x, w, *case.params()),
-                                   ops.involution2d(x, w, *case.params()))
-
-
 def test_runs_on_the_current_stream_and_the_tensors_device():
     case = REDNET[0]
     x, w = case.tensors(dtype=torch.float32, device="cuda")
@@ -100,10 +98,31 @@ def test_runs_on_the_current_stream_and_the_tensors_device():
 
 
 def test_mixed_devices_are_rejected():
+    # The CUDA kernel is picked for a CPU operand too: its checks run before any device guard.
     case = REDNET[2]
     x, w = case.tensors(dtype=torch.float32)
     with pytest.raises(RuntimeError, match="to be on the same device, but got input on cpu"):
         ops.involution2d(x, w.cuda(), *case.params())
+    with pytest.raises(RuntimeError, match="to be on the same device, but got input on cuda"):
+        ops.involution2d(x.cuda(), w, *case.params())
+    gy = torch.randn(x.shape[0], x.shape[1], *w.shape[-2:])
+    stride, padding, dilation = case.params()
+    with pytest.raises(RuntimeError, match="same device"):
+        ops._involution2d_backward_input(gy, w.cuda(), list(case.size), stride, padding, dilation)
+    with pytest.raises(RuntimeError, match="same device"):
+        ops._involution2d_backward_weight(gy.cuda(), x, list(case.kernel), case.groups, stride,
+                                          padding, dilation)
+
+
+def test_padding_taps_multiply_zeros_on_every_axis():
+    # A weight at a tap outside the input enters the sum as w * 0 (the zero-padded unfold
+    # formulation): an infinite weight there gives NaN whichever axis the tap leaves by.
+    x = torch.ones(1, 1, 3, 3, device="cuda")
+    for place in ((0, 1, 0, 1), (1, 0, 1, 0)):  # row -1 at output (0, 1); column -1 at (1, 0)
+        w = torch.ones(1, 1, 3, 3, 3, 3, device="cuda")
+        w[(0, 0) + place] = float("inf")
+        y = ops.involution2d(x, w, [1, 1], [1, 1], [1, 1])
+        assert torch.isnan(y[0, 0, place[2], place[3]]), place
 
 
 def test_module_trains_on_cuda_with_amp():

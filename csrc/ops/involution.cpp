@@ -92,11 +92,6 @@ at::Tensor involution3d_backward_weight(const at::Tensor& grad_output, const at:
 TORCH_LIBRARY(involution, m) {
   define_family(m, 2);
   define_family(m, 3);
-  // The benchmark's baseline on CUDA: the official CuPy kernel's design (one thread per output
-  // element). CUDA only; not part of the API.
-  m.def(
-      "_involution2d_naive(Tensor input, Tensor weight, int[2] stride, int[2] padding, "
-      "int[2] dilation) -> Tensor");
 }
 
 }  // namespace involution

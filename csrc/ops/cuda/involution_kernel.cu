@@ -1,6 +1,7 @@
 // CUDA kernels of the involution2d and involution3d ops (one implementation, `Dims` axes): the
-// same checks and preparation as the CPU kernels (prepare.h), then the kernels of
-// involution_kernels.cuh on the current stream of the tensors' device.
+// shared checks and preparation (prepare.h) first, then, on the device of the result and its
+// current stream, the tiled kernels where they apply (tiled_kernels_apply: K = 3 or 7, stride
+// 1 or 2, dilation 1 along height and width) and the generic kernels otherwise.
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -11,67 +12,153 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <limits>
+#include <type_traits>
 
+#include "../dtypes.h"
 #include "../op_family.h"
 #include "../prepare.h"
-#include "involution_kernels.cuh"
+#include "backward_input.cuh"
+#include "backward_weight.cuh"
+#include "forward.cuh"
 
 namespace involution {
 namespace cuda {
 namespace {
 
 using detail::OpFamily;
+template <int N>
+using Int = std::integral_constant<int, N>;
 
-int64_t blocks_for(int64_t threads) {
-  const int64_t blocks = (threads + kThreads - 1) / kThreads;
-  // The kernels loop over the index space in grid strides, so capping the grid is safe.
-  return std::min<int64_t>(blocks, std::numeric_limits<int32_t>::max());
+// Calls f(Int<K>(), Int<S>()) with the geometry's kernel size and stride (tiled_kernels_apply).
+template <typename F>
+void with_tiled_shape(const Geometry& g, const F& f) {
+  const int64_t k = g.kernel[2], s = g.stride[2];
+  if (k == 3 && s == 1)
+    f(Int<3>(), Int<1>());
+  else if (k == 3 && s == 2)
+    f(Int<3>(), Int<2>());
+  else if (k == 7 && s == 1)
+    f(Int<7>(), Int<1>());
+  else
+    f(Int<7>(), Int<2>());
 }
 
-// Launches Kernel<T>(p.g, a, b, out, threads) over `threads` threads on the current stream, with
-// T the element type of the operands. The caller holds a device guard for their device.
-template <template <typename> class Kernel>
-void launch(const detail::Prepared& p, int64_t threads) {
+// Blocks for `threads` threads: enough to cover them, at most 2^30 threads in all (the grid-stride
+// loops of the kernels then cover the rest).
+unsigned blocks_for(int64_t threads) {
+  return static_cast<unsigned>(
+      std::clamp<int64_t>((threads + kThreads - 1) / kThreads, 1, (int64_t(1) << 30) / kThreads));
+}
+
+// A tiled kernel over every slab, in launches of 32-bit index spaces.
+template <typename Kernel, typename A, typename B, typename Out>
+void launch_tiled(const Kernel& kernel, const detail::Prepared& p, int32_t items, const A* a,
+                  const B* b, Out* out) {
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, p.a.scalar_type(), "involution_cuda", [&] {
-        Kernel<scalar_t>::get()<<<blocks_for(threads), kThreads, 0, stream>>>(
-            p.g, p.a.const_data_ptr<scalar_t>(), p.b.const_data_ptr<scalar_t>(),
-            p.out.mutable_data_ptr<scalar_t>(), threads);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
+  for_each_slab_range(p.g.batch * p.g.groups, items, [&](int64_t slab0, int32_t slabs) {
+    kernel<<<blocks_for(int64_t(slabs) * items), kThreads, 0, stream>>>(p.g, a, b, out, slab0,
+                                                                        slabs);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
 }
 
-// The kernel instantiations, accumulating in float for the half types.
-template <typename T>
-struct Forward {
-  static auto get() { return forward_kernel<T, at::opmath_type<T>>; }
-};
-template <typename T>
-struct BackwardInput {
-  static auto get() { return backward_input_kernel<T, at::opmath_type<T>>; }
-};
-template <typename T>
-struct BackwardWeightResident {  // the group's grad_output stays in registers (C/G <= 16)
-  static auto get() { return backward_weight_kernel<T, at::opmath_type<T>, true>; }
-};
-template <typename T>
-struct BackwardWeightStreamed {
-  static auto get() { return backward_weight_kernel<T, at::opmath_type<T>, false>; }
-};
-template <typename T>
-struct NaiveForward {
-  static auto get() { return naive_forward_kernel<T, at::opmath_type<T>>; }
-};
+// A generic kernel over every (slab, pixel): `pixels` per slab along x, slabs along y.
+template <typename Kernel, typename A, typename B, typename Out>
+void launch_generic(const Kernel& kernel, const detail::Prepared& p, int64_t pixels, const A* a,
+                    const B* b, Out* out) {
+  const dim3 grid(blocks_for(pixels),
+                  static_cast<unsigned>(std::min<int64_t>(p.g.batch * p.g.groups, 65535)));
+  kernel<<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(p.g, a, b, out);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
 
+// The limits of the CUDA kernels, checked after the shared checks: a clear error, not a
+// wrong answer, for the sizes beyond them.
+void check_limits(const char* op, const Geometry& g) {
+  TORCH_CHECK(cuda_kernels_apply(g), op,
+              " on CUDA: expected the channels, every spatial size and volume, kernel size, "
+              "stride, padding and dilation to be below 2^31, but got channels ",
+              g.channels, ", input volume ", g.in_volume(), ", output volume ", g.out_volume(),
+              ", kernel (", g.kernel[0], ", ", g.kernel[1], ", ", g.kernel[2], "), stride (",
+              g.stride[0], ", ", g.stride[1], ", ", g.stride[2], "), padding (", g.padding[0], ", ",
+              g.padding[1], ", ", g.padding[2], "), dilation (", g.dilation[0], ", ", g.dilation[1],
+              ", ", g.dilation[2], ")");
+}
+
+// Runs body.operator()<scalar_t>() for the operands' dtype (one of the supported dtypes).
+#define INVOLUTION_DISPATCH(p, ...) \
+  INVOLUTION_DISPATCH_SUPPORTED_TYPES((p).a.scalar_type(), "involution_cuda", __VA_ARGS__)
+
+void forward(const detail::Prepared& p) {
+  INVOLUTION_DISPATCH(p, [&] {
+    using Acc = at::opmath_type<scalar_t>;
+    const scalar_t* x = p.a.const_data_ptr<scalar_t>();
+    const scalar_t* w = p.b.const_data_ptr<scalar_t>();
+    scalar_t* y = p.out.mutable_data_ptr<scalar_t>();
+    if (!tiled_kernels_apply(p.g)) {
+      launch_generic(forward_generic<scalar_t, Acc>, p, p.g.out_volume(), x, w, y);
+      return;
+    }
+    const bool pairs = forward_pairs_apply(p.g, x), vector = forward_vector_weights_apply(p.g, w);
+    with_tiled_shape(p.g, [&](auto k, auto s) {
+      constexpr int K = decltype(k)::value, S = decltype(s)::value;
+      const auto kernel = pairs ? (vector ? forward_tiled<scalar_t, Acc, K, S, true, true>
+                                          : forward_tiled<scalar_t, Acc, K, S, true, false>)
+                                : (vector ? forward_tiled<scalar_t, Acc, K, S, false, true>
+                                          : forward_tiled<scalar_t, Acc, K, S, false, false>);
+      launch_tiled(kernel, p, forward_tiled_items(p.g), x, w, y);
+    });
+  });
+}
+
+void backward_input(const detail::Prepared& p) {
+  INVOLUTION_DISPATCH(p, [&] {
+    using Acc = at::opmath_type<scalar_t>;
+    const scalar_t* gy = p.a.const_data_ptr<scalar_t>();
+    const scalar_t* w = p.b.const_data_ptr<scalar_t>();
+    scalar_t* gx = p.out.mutable_data_ptr<scalar_t>();
+    if (!tiled_kernels_apply(p.g)) {
+      launch_generic(backward_input_generic<scalar_t, Acc>, p, p.g.in_volume(), gy, w, gx);
+      return;
+    }
+    with_tiled_shape(p.g, [&](auto k, auto s) {
+      constexpr int K = decltype(k)::value, S = decltype(s)::value;
+      launch_tiled(backward_input_tiled<scalar_t, Acc, K, S>, p, backward_input_tiled_items(p.g),
+                   gy, w, gx);
+    });
+  });
+}
+
+void backward_weight(const detail::Prepared& p) {
+  INVOLUTION_DISPATCH(p, [&] {
+    using Acc = at::opmath_type<scalar_t>;
+    const scalar_t* gy = p.a.const_data_ptr<scalar_t>();
+    const scalar_t* x = p.b.const_data_ptr<scalar_t>();
+    scalar_t* gw = p.out.mutable_data_ptr<scalar_t>();
+    if (!tiled_kernels_apply(p.g)) {
+      launch_generic(backward_weight_generic<scalar_t, Acc>, p, p.g.out_volume(), gy, x, gw);
+      return;
+    }
+    with_tiled_shape(p.g, [&](auto k, auto s) {
+      constexpr int K = decltype(k)::value, S = decltype(s)::value;
+      launch_tiled(backward_weight_tiled<scalar_t, Acc, K, S>, p, backward_weight_tiled_items(p.g),
+                   gy, x, gw);
+    });
+  });
+}
+
+// The checks run first (on any device: a CPU operand gets the same-device message), then the
+// kernels run on the result's device.
 template <int64_t Dims>
 at::Tensor forward_cuda(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
                         at::IntArrayRef padding, at::IntArrayRef dilation) {
-  const c10::cuda::CUDAGuard guard(input.device());
   const auto p =
       detail::prepare_forward(OpFamily<Dims>::name, Dims, input, weight, stride, padding, dilation);
-  if (p.work) launch<Forward>(p, p.g.batch * p.g.groups * p.g.out_volume());
+  if (p.work) {
+    check_limits(OpFamily<Dims>::name, p.g);
+    const c10::cuda::CUDAGuard guard(p.out.device());
+    forward(p);
+  }
   return p.out;
 }
 
@@ -79,11 +166,14 @@ template <int64_t Dims>
 at::Tensor backward_input_cuda(const at::Tensor& grad_output, const at::Tensor& weight,
                                c10::SymIntArrayRef input_size, at::IntArrayRef stride,
                                at::IntArrayRef padding, at::IntArrayRef dilation) {
-  const c10::cuda::CUDAGuard guard(grad_output.device());
   const auto p =
       detail::prepare_backward_input(OpFamily<Dims>::backward_input_name, Dims, grad_output, weight,
                                      input_size, stride, padding, dilation);
-  if (p.work) launch<BackwardInput>(p, p.g.batch * p.g.groups * p.g.in_volume());
+  if (p.work) {
+    check_limits(OpFamily<Dims>::backward_input_name, p.g);
+    const c10::cuda::CUDAGuard guard(p.out.device());
+    backward_input(p);
+  }
   return p.out;
 }
 
@@ -91,28 +181,14 @@ template <int64_t Dims>
 at::Tensor backward_weight_cuda(const at::Tensor& grad_output, const at::Tensor& input,
                                 at::IntArrayRef kernel_size, int64_t groups, at::IntArrayRef stride,
                                 at::IntArrayRef padding, at::IntArrayRef dilation) {
-  const c10::cuda::CUDAGuard guard(grad_output.device());
   const auto p =
       detail::prepare_backward_weight(OpFamily<Dims>::backward_weight_name, Dims, grad_output,
                                       input, kernel_size, groups, stride, padding, dilation);
-  if (!p.work) return p.out;
-  const int64_t threads = p.g.batch * p.g.groups * p.g.out_volume();
-  if (p.g.channels_per_group() <= kChannelBlock) {
-    launch<BackwardWeightResident>(p, threads);
-  } else {
-    launch<BackwardWeightStreamed>(p, threads);
+  if (p.work) {
+    check_limits(OpFamily<Dims>::backward_weight_name, p.g);
+    const c10::cuda::CUDAGuard guard(p.out.device());
+    backward_weight(p);
   }
-  return p.out;
-}
-
-// The benchmark's baseline (the official CuPy kernel's design); not used by the library.
-at::Tensor naive_forward_cuda(const at::Tensor& input, const at::Tensor& weight,
-                              at::IntArrayRef stride, at::IntArrayRef padding,
-                              at::IntArrayRef dilation) {
-  const c10::cuda::CUDAGuard guard(input.device());
-  const auto p =
-      detail::prepare_forward("involution2d_naive", 2, input, weight, stride, padding, dilation);
-  if (p.work) launch<NaiveForward>(p, p.out.numel());
   return p.out;
 }
 
@@ -126,7 +202,6 @@ TORCH_LIBRARY_IMPL(involution, CUDA, m) {
   m.impl("involution3d", TORCH_FN(cuda::forward_cuda<3>));
   m.impl("_involution3d_backward_input", TORCH_FN(cuda::backward_input_cuda<3>));
   m.impl("_involution3d_backward_weight", TORCH_FN(cuda::backward_weight_cuda<3>));
-  m.impl("_involution2d_naive", TORCH_FN(cuda::naive_forward_cuda));
 }
 
 }  // namespace involution
