@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh') setup.py
 export MAX_JOBS ?= 2
 
-.PHONY: bench test build results cpp cpp-test wheel wheel-check cuda-build cuda-report emulate clean
+.PHONY: bench test build results cpp cpp-test wheel wheel-check cuda-build cuda-report cpp-cuda emulate clean
 
 $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
@@ -78,7 +78,7 @@ CUDA_VENV := build/cuda-venv
 $(CUDA_VENV)/.deps:
 	$(PYTHON) -m venv $(CUDA_VENV)
 	$(CUDA_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(CUDA_VENV)/bin/python -m pip install --quiet torch==$(CUDA_TORCH_VERSION) pytest numpy setuptools wheel ninja
+	$(CUDA_VENV)/bin/python -m pip install --quiet torch==$(CUDA_TORCH_VERSION) pytest numpy setuptools wheel ninja cmake==3.31.10
 	touch $@
 
 cuda-build: $(CUDA_VENV)/.deps
@@ -106,6 +106,25 @@ cuda-report:
 		$(CUDA_VENV)/bin/python tests/cuda_report.py $(CUDA_LIBRARY) \
 			--arch sm_$$(echo $$arch | tr -d .) --markdown build/cuda-report-sm_$$(echo $$arch | tr -d .).md \
 			|| exit 1; \
+	done
+
+# The C++ library with -DINVOLUTION_CUDA=ON against the CUDA build of libtorch (no GPU needed):
+# the same .cu files compiled into the library CMake installs, which must hold sm_80 and sm_90
+# code with no stack or local memory; its C++ tests run on the CPU.
+CUDA_SITE = $$($(CUDA_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+cpp-cuda: $(CUDA_VENV)/.deps
+	PATH=$(CURDIR)/$(CUDA_VENV)/bin:$$PATH cmake -S . -B build/cmake-cuda -G Ninja \
+		-DCMAKE_PREFIX_PATH="$(CUDA_SITE)/torch/share/cmake" -DINVOLUTION_CUDA=ON \
+		-DCMAKE_CUDA_COMPILER=$(CUDA_HOME)/bin/nvcc -DCUDAToolkit_ROOT=$(CUDA_HOME) \
+		-DCUDA_nvrtc_LIBRARY="$(CUDA_SITE)/nvidia/cu13/lib/libnvrtc.so.13" \
+		-DCMAKE_CUDA_ARCHITECTURES="80;90"
+	PATH=$(CURDIR)/$(CUDA_VENV)/bin:$$PATH cmake --build build/cmake-cuda
+	ctest --test-dir build/cmake-cuda --output-on-failure -R cpp_api
+	rm -rf build/install-cuda && $(CUDA_VENV)/bin/cmake --install build/cmake-cuda --prefix build/install-cuda
+	for arch in sm_80 sm_90; do \
+		$(CUDA_VENV)/bin/python tests/cuda_report.py build/install-cuda/lib/libinvolution.so \
+			--arch $$arch > build/cmake-cuda/report-$$arch.txt || { cat build/cmake-cuda/report-$$arch.txt; exit 1; }; \
+		tail -1 build/cmake-cuda/report-$$arch.txt; \
 	done
 
 # The CUDA kernels run on the host (tests/cpp/emulate_cuda_kernels.cpp) under AddressSanitizer
