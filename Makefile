@@ -1,5 +1,5 @@
 # The two commands of the README's quick start:
-#   make bench   builds everything and runs the benchmark against the unfold formulation
+#   make bench   builds everything and runs the benchmark (benchmarks/run.py) against the peers
 #   make test    builds everything and runs the test suite
 # Both work on a fresh machine: they create .venv, install the pinned torch and build the op
 # library (editable install, compiled once and again only when a source changes).
@@ -27,16 +27,22 @@ $(VENV)/.built: $(VENV)/.deps $(SOURCES)
 build: $(VENV)/.built
 
 bench: build
-	$(PY) -m involution.benchmark
+	$(PY) benchmarks/run.py
 
 test: build
 	$(VENV)/bin/pytest tests
 
-# Regenerates benchmarks/RESULTS.md: float32 and bfloat16 at 2 and 1 threads, one table each,
-# then our op alone side by side across the four and the issue-5 targets checked.
-results: build
-	$(PY) -m involution.benchmark --dtype float32,bfloat16 --threads 2,1 \
-		--markdown benchmarks/RESULTS.md --plot benchmarks/results.png --json benchmarks/results.json
+# Regenerates benchmarks/RESULTS.md: float32 and bfloat16 at 2 and 1 threads, one table each
+# (the first with every peer: torchvision's deform_conv2d runs in $(TV_VENV), which holds the
+# CUDA build of torch that torchvision's wheels need), our op alone side by side across the
+# four, the project's targets checked, and RedNet against ResNet end to end. About an hour on
+# 2 cores. Commit its output only when a kernel or the benchmark changed.
+TV_VENV := build/torchvision-venv
+TORCHVISION_VERSION ?= 0.29.1
+results: build $(TV_VENV)/.deps
+	$(PY) benchmarks/run.py --dtype float32,bfloat16 --threads 2,1 --models \
+		--torchvision-python $(TV_VENV)/bin/python --markdown benchmarks/RESULTS.md \
+		--plot benchmarks/results.png --json benchmarks/results.json
 
 # The C++ library with CMake (same sources), its tests, the install, and examples/cpp built
 # against the installed package as an outside project would.
@@ -79,6 +85,15 @@ $(CUDA_VENV)/.deps:
 	$(PYTHON) -m venv $(CUDA_VENV)
 	$(CUDA_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(CUDA_VENV)/bin/python -m pip install --quiet torch==$(CUDA_TORCH_VERSION) pytest numpy setuptools wheel ninja cmake==3.31.10
+	touch $@
+
+# torchvision for the benchmark's deform_conv2d column (make results): its wheels need the CUDA
+# build of torch, so this venv sees the CUDA venv's packages (a .pth file) and adds torchvision.
+$(TV_VENV)/.deps: $(CUDA_VENV)/.deps
+	$(PYTHON) -m venv $(TV_VENV)
+	$(CUDA_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' > \
+		$$($(TV_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/cuda-venv.pth
+	$(TV_VENV)/bin/python -m pip install --quiet --no-deps torchvision==$(TORCHVISION_VERSION) pillow
 	touch $@
 
 cuda-build: $(CUDA_VENV)/.deps

@@ -21,8 +21,8 @@ becomes:
   bfloat16 accumulate in float32, as the op does.
 
 In onnxruntime's CPU provider both were 12-46 times slower than the op's forward on RedNet-50's
-shapes (batch 8, one thread; README, "Deploying"); ``python -m involution.benchmark
---onnxruntime`` measures it.
+shapes (batch 8, one thread; README, "Deploying"); ``python benchmarks/run.py --onnxruntime``
+in a checkout measures it.
 
 Channel count, group count and kernel size must be static (they are in any model whose convs
 fix them); anything the translation cannot express raises a ``ValueError`` that names it.

@@ -11,6 +11,12 @@ import torch
 import torch.nn.functional as F
 
 
+def output_size(size: int, kernel: int, stride: int = 1, padding: int = 0,
+                dilation: int = 1) -> int:
+    """Output size along one axis: the conv formula, which every involution op follows."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
 def involution2d_unfold(
     input: torch.Tensor,
     weight: torch.Tensor,

@@ -1,21 +1,30 @@
-"""The benchmark program runs end to end (tiny sizes: this checks the program, not speed)."""
+"""The benchmark program (benchmarks/run.py) runs end to end (tiny sizes: this checks the
+program, not speed)."""
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
+import involution  # noqa: F401  (before benchmarks/ joins the path: the installed package)
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "benchmarks")
+RUN = os.path.join(BENCHMARKS, "run.py")
+sys.path.insert(0, BENCHMARKS)
+
 
 def test_benchmark_cli_writes_table_json_markdown_and_plot(tmp_path):
     pytest.importorskip("matplotlib")
     out = subprocess.run(
-        [sys.executable, "-m", "involution.benchmark", "--shapes", "stage4,stem", "--batch", "1",
+        [sys.executable, RUN, "--shapes", "stage4,stem", "--batch", "1", "--peers", "unfold",
          "--repeats", "1", "--warmup", "0", "--dtype", "float32,bfloat16", "--threads", "1,2",
          "--json", str(tmp_path / "out" / "r.json"), "--plot", str(tmp_path / "r.png"),
          "--markdown", str(tmp_path / "md" / "r.md")],
         capture_output=True, text=True, check=True, cwd=tmp_path)
-    assert "forward+backward" in out.stdout and "speed-up" in out.stdout
+    assert "forward+backward" in out.stdout and "unfold ms" in out.stdout
     data = json.loads((tmp_path / "out" / "r.json").read_text())
     results = data["tables"]
     assert [(r["dtype"], r["threads"]) for r in results] == [
@@ -34,20 +43,21 @@ def test_benchmark_cli_writes_table_json_markdown_and_plot(tmp_path):
         for row in result["rows"]:
             for impl in ("ours", "unfold"):
                 assert all(t > 0 for t in row[impl]["times"].values())
-            assert row["max_abs_diff"] < (1e-4 if result["dtype"] == "float32" else 0.5)
+            assert row["unfold"]["max_abs_diff"] < (
+                1e-4 if result["dtype"] == "float32" else 0.5)
     assert (tmp_path / "r.png").stat().st_size > 1000
     assert "stage4" in (tmp_path / "md" / "r.md").read_text()
 
 
 def test_benchmark_rejects_unknown_shape():
-    out = subprocess.run([sys.executable, "-m", "involution.benchmark", "--shapes", "nope"],
+    out = subprocess.run([sys.executable, RUN, "--shapes", "nope"],
                          capture_output=True, text=True)
     assert out.returncode != 0 and "no shape matches 'nope'" in out.stderr
 
 
 def _table(dtype, threads, ours_ms, unfold_ms, peak_ratio):
     """A results table of the benchmark's format, for two shapes, from given timings."""
-    from involution.benchmark import PASSES
+    from measure import PASSES
 
     rows = []
     for name in ("stage1", "stage2"):
@@ -72,7 +82,7 @@ def _comparison(times_ms):
 def test_targets_are_checked_and_can_be_missed():
     from types import SimpleNamespace
 
-    from involution.benchmark import check_targets, format_targets
+    from report import check_targets, format_targets
 
     args = SimpleNamespace(device="cpu", batch=8)
     good = check_targets([_table("float32", 2, 1.0, 40.0, 1.5)], _comparison(
@@ -96,3 +106,51 @@ def test_targets_are_checked_and_can_be_missed():
     # Targets are for the CPU at batch 8 only.
     assert check_targets([_table("float32", 2, 1.0, 40.0, 1.0)], None,
                          SimpleNamespace(device="cpu", batch=1)) == []
+
+
+def test_peers_compute_involution(tmp_path):
+    """Every peer agrees with our op (in process, tiny sizes), and the deform_conv2d column is
+    skipped with a note where torchvision cannot be imported."""
+    import torch
+
+    import measure
+
+    shape = measure.Shape("tiny", 8, 9, 2, kernel=3, stride=2)
+    x, w, gy, params = measure.make_inputs(shape, 2, torch.float64, torch.device("cpu"))
+    expected = measure.implementation("ours")(x, w, *params)
+    names = ["unfold", "compiled"]
+    try:
+        import torchvision.ops  # noqa: F401
+
+        names.append("deform_conv2d")
+    except Exception:
+        from types import SimpleNamespace
+
+        import run
+
+        peers, notes = run.available_peers(SimpleNamespace(
+            peers="unfold,deform_conv2d", torchvision_python=None))
+        assert peers == ["unfold"] and "deform_conv2d skipped" in notes[0]
+    for name in names:
+        got = measure.implementation(name)(x, w, *params)
+        torch.testing.assert_close(got, expected, msg=name)
+
+
+def test_resnet_has_the_standard_parameter_count():
+    import endtoend
+
+    assert sum(p.numel() for p in endtoend.resnet(50).parameters()) == 25_557_032
+
+
+def test_models_benchmark_runs(tmp_path):
+    """--models-only with tiny settings: one eager variant's table."""
+    import endtoend
+
+    out = endtoend.models_worker({"variant": ["inference", "eager", "channels_last"],
+                                  "models": ["rednet26"], "threads": 1, "rounds": 1})
+    assert out["rednet26"]["median_s"] > 0 and 0 < out["rednet26"]["op_share"] < 1
+    table = endtoend.format_models({"models": ["rednet26"], "threads": 1, "rounds": 1,
+                                    "torch": "x", "rows": [{
+                                        "variant": ["inference", "eager", "channels_last"],
+                                        "models": out}]})
+    assert "channels_last" in table and "rednet26" in table

@@ -5,6 +5,7 @@ max |difference| / max |eager| <= 1e-4, RedNet-26 1e-3). The onnx packages are p
 Makefile's test environment; environments without them (the CUDA build's) skip this file.
 """
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -350,12 +351,16 @@ def test_torchscript_exporter(tmp_path):
 
 # ------------------------------------------------------------------------------ benchmark column
 
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "benchmarks")
+
 
 def test_benchmark_onnxruntime_column():
     """The benchmark's --onnxruntime worker (in process, tiny sizes: this checks the program,
     not speed) and its table."""
-    from involution.benchmark import (ONNXRUNTIME_VARIANTS, REDNET50_SHAPES, format_onnxruntime,
-                                      onnxruntime_worker)
+    sys.path.insert(0, BENCHMARKS)
+    from deployment import ONNXRUNTIME_VARIANTS, format_onnxruntime, onnxruntime_worker
+    from measure import REDNET50_SHAPES
 
     shape = next(s for s in REDNET50_SHAPES if s.name == "stage4-s2")
     out = onnxruntime_worker({"shape": shape._asdict(), "batch": 1, "threads": 1, "repeats": 2,
@@ -369,6 +374,6 @@ def test_benchmark_onnxruntime_column():
 
 
 def test_benchmark_onnxruntime_is_cpu_only():
-    out = subprocess.run([sys.executable, "-m", "involution.benchmark", "--onnxruntime",
+    out = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "run.py"), "--onnxruntime",
                           "--device", "cuda"], capture_output=True, text=True)
     assert out.returncode != 0 and "--onnxruntime runs on the CPU only" in out.stderr

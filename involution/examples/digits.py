@@ -40,10 +40,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import involution
-from involution.benchmark import progress
 
 TEST_SIZE = 450  # of 1797: 1347 training images
 SPLIT_SEED = 0
+
+
+def progress(done: int, total: int, label: str) -> None:
+    """A one-line progress bar on stderr, ended by a newline when done == total."""
+    width = 30
+    filled = width * done // total
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label:<24}")
+    sys.stderr.flush()
+    if done == total:
+        sys.stderr.write("\n")
 
 
 def load_data(limit: Optional[int] = None):

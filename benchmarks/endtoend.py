@@ -1,0 +1,180 @@
+"""End to end (run.py --models): RedNet-26/50 against ResNet-26/50 of the same layout, batch 8 at
+224x224 on the CPU, inference and a training step (SGD), eager and torch.compile, contiguous and
+channels_last.
+
+One worker process per variant (mode, backend, layout) builds every model, warms each up (this
+compiles it), measures each one's peak memory rise over one step (freed heap memory handed back
+first), profiles one step of each RedNet to find the share of time spent in our op, then runs
+interleaved rounds, every model once per round, and reports medians and the rounds' spread.
+Freed blocks are kept by the allocator (run.py's malloc settings), as in the op benchmark.
+"""
+
+import statistics
+import time
+from typing import Callable, Dict, List
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from measure import peak_rise, wake_thread_pool
+
+MODELS = ("rednet26", "resnet26", "rednet50", "resnet50")
+VARIANTS = [(mode, backend, layout) for backend in ("eager", "compile")
+            for mode in ("inference", "training") for layout in ("contiguous", "channels_last")]
+BATCH = 8
+STAGE_BLOCKS = {26: (1, 2, 4, 1), 50: (3, 4, 6, 3)}
+
+
+class Bottleneck(nn.Module):
+    """The standard ResNet bottleneck (stride on the 3x3 conv, as torchvision's ResNet v1.5)."""
+
+    def __init__(self, in_channels: int, mid: int, stride: int) -> None:
+        super().__init__()
+        out = 4 * mid
+        self.conv1, self.bn1 = nn.Conv2d(in_channels, mid, 1, bias=False), nn.BatchNorm2d(mid)
+        self.conv2 = nn.Conv2d(mid, mid, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(mid)
+        self.conv3, self.bn3 = nn.Conv2d(mid, out, 1, bias=False), nn.BatchNorm2d(out)
+        self.downsample = None
+        if stride != 1 or in_channels != out:
+            self.downsample = nn.Sequential(nn.Conv2d(in_channels, out, 1, stride, bias=False),
+                                            nn.BatchNorm2d(out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = F.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return F.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+def resnet(depth: int, num_classes: int = 1000) -> nn.Module:
+    """ResNet-26/50 with torchvision's layout (resnet50(): 25,557,032 parameters)."""
+    layers: List[nn.Module] = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64),
+                               nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)]
+    in_channels = 64
+    for stage, blocks in enumerate(STAGE_BLOCKS[depth]):
+        mid = 64 * 2 ** stage
+        for i in range(blocks):
+            layers.append(Bottleneck(in_channels, mid, 2 if i == 0 and stage > 0 else 1))
+            in_channels = 4 * mid
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(in_channels, num_classes)]
+    return nn.Sequential(*layers)
+
+
+def build(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    if name.startswith("rednet"):
+        import involution
+
+        return getattr(involution.models, name)()
+    try:  # torchvision's own ResNet where it imports (its wheels need the CUDA build of torch)
+        import torchvision
+
+        if name == "resnet50":
+            return torchvision.models.resnet50()
+    except Exception:
+        pass
+    return resnet(int(name[len("resnet"):]))
+
+
+def make_step(model: nn.Module, mode: str, backend: str, layout: str) -> Callable:
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    model = model.to(memory_format=fmt).train(mode == "training")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(BATCH, 3, 224, 224, generator=gen).contiguous(memory_format=fmt)
+    labels = torch.randint(0, 1000, (BATCH,), generator=gen)
+    run = torch.compile(model) if backend == "compile" else model
+    if mode == "inference":
+        def step():
+            with torch.no_grad():
+                run(x)
+        return step
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def train_step():
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(run(x), labels).backward()
+        optimizer.step()
+    return train_step
+
+
+def op_share(step: Callable) -> float:
+    """Share of one step's wall time spent in the involution ops (self time of every
+    involution:: op, forward and gradients, under torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        step()
+        wall = time.perf_counter() - start
+    ours = sum(e.self_cpu_time_total for e in prof.key_averages()
+               if e.key.startswith("involution::"))
+    return ours / 1e6 / wall
+
+
+def models_worker(spec: Dict) -> Dict:
+    torch.set_num_threads(spec["threads"])
+    mode, backend, layout = spec["variant"]
+    steps = {name: make_step(build(name), mode, backend, layout) for name in spec["models"]}
+    out = {name: {} for name in steps}
+    for name, step in steps.items():
+        start = time.perf_counter()
+        step()  # compiles under torch.compile
+        out[name]["first_step_s"] = time.perf_counter() - start
+        step()
+        out[name]["peak_bytes"] = peak_rise(step, torch.device("cpu"))
+        if name.startswith("rednet"):
+            out[name]["op_share"] = op_share(step)
+    samples = {name: [] for name in steps}
+    for _ in range(spec["rounds"]):
+        for name, step in steps.items():
+            wake_thread_pool(torch.device("cpu"), spec["threads"])
+            start = time.perf_counter()
+            step()
+            samples[name].append(time.perf_counter() - start)
+    for name, times in samples.items():
+        median = statistics.median(times)
+        out[name].update(median_s=median, spread=(max(times) - min(times)) / median)
+    return out
+
+
+def run_models(run_worker: Callable, models: List[str], variants: List[tuple], threads: int,
+               rounds: int, step: Callable) -> Dict:
+    rows = []
+    for variant in variants:
+        step("models " + " ".join(variant))
+        rows.append({"variant": variant, "models": run_worker({
+            "kind": "models", "variant": variant, "models": models, "threads": threads,
+            "rounds": rounds})})
+    return {"models": models, "threads": threads, "rounds": rounds, "rows": rows,
+            "torch": torch.__version__}
+
+
+def format_models(result: Dict) -> str:
+    models = result["models"]
+    header = (f"end to end: batch {BATCH}, 224x224, float32, CPU, {result['threads']} threads, "
+              f"torch {result['torch']}; images/s (higher is better), medians of "
+              f"{result['rounds']} interleaved rounds (every model once per round), with the "
+              f"rounds' (max - min) / median")
+    cols = f"{'mode':<9} {'backend':<7} {'layout':<13} | " + " ".join(
+        f"{m:>16}" for m in models) + " | peak MiB: " + " ".join(models) + " | in our op: " + (
+        " ".join(m for m in models if m.startswith("rednet")))
+    lines = [header, "", cols, "-" * len(cols)]
+    for row in result["rows"]:
+        r = row["models"]
+        lines.append(
+            f"{row['variant'][0]:<9} {row['variant'][1]:<7} {row['variant'][2]:<13} | "
+            + " ".join(f"{BATCH / r[m]['median_s']:>9.2f} ±{100 * r[m]['spread']:>4.1f}%"
+                       for m in models) + " | "
+            + " ".join(f"{r[m]['peak_bytes'] / 2 ** 20:.0f}" for m in models) + " | "
+            + " ".join(f"{100 * r[m]['op_share']:.1f}%" for m in models if "op_share" in r[m]))
+    first = {m: max(row["models"][m]["first_step_s"] for row in result["rows"]
+                    if row["variant"][1] == "compile") for m in models
+             if any(row["variant"][1] == "compile" for row in result["rows"])}
+    if first:
+        lines += ["", "first step under torch.compile (compilation), longest of the variants: "
+                  + ", ".join(f"{m} {s:.0f} s" for m, s in first.items())]
+    lines += ["peak MiB: rise of the process's peak memory during one step, after warm-up; "
+              "in our op: self time of the involution:: ops in one profiled step over its time"]
+    return "\n".join(lines)

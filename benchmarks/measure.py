@@ -1,0 +1,312 @@
+"""The measuring side of the op benchmark: shapes, inputs, the implementations compared, and the
+worker functions that time them (each called in a fresh process by run.py).
+
+Implementations of one 2-D involution, all on the same inputs:
+
+- ``ours``: ``torch.ops.involution.involution2d``;
+- ``unfold``: the pure-PyTorch unfold formulation (``involution.reference``), run eagerly;
+- ``compiled``: the same function under ``torch.compile`` (inductor, static shapes);
+- ``deform_conv2d``: torchvision's deformable convolution with zero offsets, an all-ones
+  depthwise weight ``(C, 1, KH, KW)``, ``mask`` = the involution kernel viewed as
+  ``(B, G*KH*KW, OH, OW)`` and G offset groups, which computes involution exactly. It needs
+  torchvision, whose wheels are built against the CUDA build of torch: the worker may run in
+  another interpreter (run.py's --torchvision-python), so the workers take their inputs from a
+  file the parent writes, with our op's output to compare against, and never import involution.
+"""
+
+import ctypes
+import os
+import resource
+import statistics
+import time
+from typing import Callable, Dict, List, NamedTuple
+
+import torch
+
+PASSES = ("forward", "backward", "forward+backward")
+COMPARED_PASSES = ("forward", "forward+backward")
+IMPLEMENTATIONS = ("ours", "unfold", "compiled", "deform_conv2d")
+
+
+class Shape(NamedTuple):
+    name: str
+    channels: int
+    size: int
+    groups: int
+    kernel: int = 7
+    stride: int = 1
+
+    @property
+    def padding(self) -> int:
+        return (self.kernel - 1) // 2
+
+    @property
+    def out(self) -> int:
+        from involution.reference import output_size
+
+        return output_size(self.size, self.kernel, self.stride, self.padding)
+
+
+# RedNet-50 at 224x224 (DESIGN.md §5): 16 channels per group, K = 7, "same" padding.
+REDNET50_SHAPES = [
+    Shape("stem", 32, 112, 2, kernel=3),
+    Shape("stage1", 64, 56, 4),
+    Shape("stage2", 128, 28, 8),
+    Shape("stage2-s2", 128, 56, 8, stride=2),
+    Shape("stage3", 256, 14, 16),
+    Shape("stage3-s2", 256, 28, 16, stride=2),
+    Shape("stage4", 512, 7, 32),
+    Shape("stage4-s2", 512, 14, 32, stride=2),
+]
+
+
+def make_inputs(shape: Shape, batch: int, dtype, device):
+    gen = torch.Generator().manual_seed(0)
+    k, o = shape.kernel, shape.out
+    x = torch.randn(batch, shape.channels, shape.size, shape.size, generator=gen)
+    w = torch.randn(batch, shape.groups, k, k, o, o, generator=gen)
+    gy = torch.randn(batch, shape.channels, o, o, generator=gen)
+    params = ([shape.stride] * 2, [shape.padding] * 2, [1, 1])
+    return x.to(device, dtype), w.to(device, dtype), gy.to(device, dtype), params
+
+
+def deform_conv2d_involution(x, w, stride, padding, dilation):
+    """Involution through torchvision.ops.deform_conv2d (exact: zero offsets sample every tap at
+    its integer position, the all-ones depthwise weight passes it through, the mask weighs it)."""
+    from torchvision.ops import deform_conv2d
+
+    b, c = x.shape[:2]
+    _, g, kh, kw, oh, ow = w.shape
+    ones = torch.ones(c, 1, kh, kw, dtype=x.dtype, device=x.device)
+    offset = torch.zeros(b, 2 * g * kh * kw, oh, ow, dtype=x.dtype, device=x.device)
+    return deform_conv2d(x, offset, ones, None, tuple(stride), tuple(padding), tuple(dilation),
+                         mask=w.reshape(b, g * kh * kw, oh, ow))
+
+
+def implementation(name: str) -> Callable:
+    if name == "ours":
+        import involution  # noqa: F401  (loads the op library)
+
+        return torch.ops.involution.involution2d
+    if name == "deform_conv2d":
+        return deform_conv2d_involution
+    from involution.reference import involution2d_unfold
+
+    if name == "compiled":
+        # The backward pass is timed on a retained graph, which donated buffers forbid.
+        from torch._functorch import config as functorch_config
+
+        functorch_config.donated_buffer = False
+        return torch.compile(involution2d_unfold, dynamic=False)
+    return involution2d_unfold
+
+
+def pass_bytes_and_macs(shape: Shape, batch: int, element_size: int) -> Dict[str, tuple]:
+    x = batch * shape.channels * shape.size ** 2
+    w = batch * shape.groups * shape.kernel ** 2 * shape.out ** 2
+    y = batch * shape.channels * shape.out ** 2
+    macs = y * shape.kernel ** 2
+    forward = ((x + w + y) * element_size, macs)
+    backward = ((y + x + w + x + w) * element_size, 2 * macs)
+    return {"forward": forward, "backward": backward,
+            "forward+backward": (forward[0] + backward[0], 3 * macs)}
+
+
+# ------------------------------------------------------------------------------- memory
+
+
+def current_rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def peak_rise(fn: Callable, device: torch.device) -> int:
+    """Bytes by which fn raises the peak memory: the allocator's peak on CUDA; on the CPU the
+    process's peak RSS, after handing freed heap memory back to the system (malloc_trim) so that
+    blocks kept from earlier passes (compilation, warm-up) do not hide the rise."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:  # resets the kernel's high-water mark of the RSS (Linux >= 4.0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError as e:
+        raise RuntimeError("cannot reset the peak RSS (/proc/self/clear_refs)") from e
+    base = current_rss()
+    fn()
+    return max(0, peak_rss() - base)
+
+
+# ------------------------------------------------------------------------------- timing
+
+
+def synchronizer(device: torch.device) -> Callable:
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
+def wake_thread_pool(device: torch.device, threads: int) -> None:
+    """Runs a small parallel op on `threads` threads, so that the pool's threads, asleep after a
+    stretch on fewer threads, are awake when the timed pass starts (as after the ops before it
+    in a network). One at::parallel_for grain (32768 elements) per thread: 128 KiB each."""
+    if device.type == "cpu":
+        torch.zeros(threads * 32768).add_(1)
+
+
+def time_pass(fn: Callable, spec: Dict, sync: Callable) -> float:
+    """Median seconds of fn over spec["repeats"] runs after spec["warmup"] runs; a pass slower
+    than spec["budget_s"] in all stops after 3 runs (deform_conv2d's backward takes seconds)."""
+    for _ in range(spec["warmup"]):
+        fn()
+    sync()
+    samples: List[float] = []
+    while len(samples) < spec["repeats"]:
+        start = time.perf_counter()
+        fn()
+        sync()
+        samples.append(time.perf_counter() - start)
+        if len(samples) >= 3 and sum(samples) > spec.get("budget_s", float("inf")):
+            break
+    return statistics.median(samples)
+
+
+def op_worker(spec: Dict) -> Dict:
+    """One implementation on one shape: the peak memory rise of one forward+backward, then the
+    medians of forward, backward (both gradients) and forward+backward, and the max |difference|
+    of its output to our op's. Inputs and our output come from the file spec["inputs"]."""
+    torch.set_num_threads(spec["threads"])
+    device = torch.device(spec["device"])
+    impl = implementation(spec["impl"])
+    data = torch.load(spec["inputs"])
+    x, w, gy = (data[k].to(device) for k in ("x", "w", "gy"))
+    params = spec["params"]
+    sync = synchronizer(device)
+    x.requires_grad_()
+    w.requires_grad_()
+
+    def forward():
+        with torch.no_grad():
+            return impl(x, w, *params)
+
+    def forward_backward():
+        torch.autograd.grad(impl(x, w, *params), (x, w), gy)
+
+    # Warm up at full size (this compiles the compiled peer); peak_rise then hands the freed
+    # memory back, so the rise is the pass's own, not first-use costs of the thread pool.
+    forward()
+    forward_backward()
+    peak = peak_rise(forward_backward, device)
+    diff = (forward().double().cpu() - data["y"].double()).abs().max().item()
+
+    y = impl(x, w, *params)
+
+    def backward():
+        torch.autograd.grad(y, (x, w), gy, retain_graph=True)
+
+    times = {name: time_pass(fn, spec, sync)
+             for name, fn in zip(PASSES, (forward, backward, forward_backward))}
+    return {"times": times, "peak_bytes": peak, "max_abs_diff": diff}
+
+
+def compare_worker(spec: Dict) -> Dict:
+    """Our op under several (dtype, threads) configurations in one process, interleaved: every
+    round runs each configuration once, so the shared machine's drift touches all of them alike
+    and their ratios are fair. Returns the median seconds per configuration and pass."""
+    device = torch.device(spec["device"])
+    sync = synchronizer(device)
+    shape = Shape(**spec["shape"])
+    op = implementation("ours")
+    runs = []
+    for dtype_name, threads in spec["configs"]:
+        x, w, gy, params = make_inputs(shape, spec["batch"], getattr(torch, dtype_name), device)
+        x.requires_grad_()
+        w.requires_grad_()
+
+        def forward(x=x, w=w, params=params):
+            with torch.no_grad():
+                op(x, w, *params)
+
+        def forward_backward(x=x, w=w, gy=gy, params=params):
+            torch.autograd.grad(op(x, w, *params), (x, w), gy)
+
+        runs.append((threads, {"forward": forward, "forward+backward": forward_backward}))
+    samples = [{kind: [] for kind in COMPARED_PASSES} for _ in runs]
+    for round_index in range(spec["warmup"] + spec["repeats"]):
+        for (threads, passes), out in zip(runs, samples):
+            torch.set_num_threads(threads)
+            for kind, fn in passes.items():
+                wake_thread_pool(device, threads)
+                sync()
+                start = time.perf_counter()
+                fn()
+                sync()
+                if round_index >= spec["warmup"]:
+                    out[kind].append(time.perf_counter() - start)
+    return {"times": [{kind: statistics.median(v) for kind, v in s.items()} for s in samples]}
+
+
+def machine_worker(spec: Dict) -> Dict:
+    """The machine's own scaling with threads, as a reference for our op's: a float32 matrix
+    multiply (compute-bound) and a 64 MiB copy (memory-bound) at each thread count, interleaved
+    round by round. Returns median seconds per thread count."""
+    device = torch.device(spec["device"])
+    sync = synchronizer(device)
+    a = torch.randn(1024, 1024, device=device)
+    src = torch.randn(16 * 2 ** 20, device=device)
+    dst = torch.empty_like(src)
+    work = {"matmul": lambda: a @ a, "copy": lambda: dst.copy_(src)}
+    samples = {t: {k: [] for k in work} for t in spec["threads"]}
+    for round_index in range(spec["warmup"] + spec["repeats"]):
+        for t in spec["threads"]:
+            torch.set_num_threads(t)
+            for kind, fn in work.items():
+                wake_thread_pool(device, t)
+                sync()
+                start = time.perf_counter()
+                fn()
+                sync()
+                if round_index >= spec["warmup"]:
+                    samples[t][kind].append(time.perf_counter() - start)
+    return {"times": {str(t): {k: statistics.median(v) for k, v in per.items()}
+                      for t, per in samples.items()}}
+
+
+def machine_rates(device: torch.device, threads: int) -> Dict[str, float]:
+    """Copy bandwidth (bytes read + written per second) and matrix-multiply rate (multiply-adds
+    per second), measured with the benchmark's thread count."""
+    torch.set_num_threads(threads)
+    sync = synchronizer(device)
+
+    def best(fn, n=10):
+        fn()
+        sync()
+        out = []
+        for _ in range(n):
+            start = time.perf_counter()
+            fn()
+            sync()
+            out.append(time.perf_counter() - start)
+        return min(out)
+
+    src = torch.randn(64 * 2 ** 20 // 4, device=device)  # 64 MiB, beyond the caches
+    dst = torch.empty_like(src)
+    bandwidth = 2 * src.numel() * 4 / best(lambda: dst.copy_(src))
+    n = 2048 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device)
+    macs = n ** 3 / best(lambda: a @ a)
+    return {"copy_bytes_per_s": bandwidth, "matmul_macs_per_s": macs}
