@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh') setup.py
 export MAX_JOBS ?= 2
 
-.PHONY: bench test build results cpp cpp-test wheel wheel-check cuda-build cuda-report cpp-cuda emulate clean
+.PHONY: bench test build results lint cpp cpp-test wheel wheel-check cuda-build cuda-report cpp-cuda emulate clean
 
 $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,17 @@ results: build $(TV_VENV)/.deps
 	$(PY) benchmarks/run.py --dtype float32,bfloat16 --threads 2,1 --models \
 		--torchvision-python $(TV_VENV)/bin/python --markdown benchmarks/RESULTS.md \
 		--plot benchmarks/results.png --json benchmarks/results.json
+
+# Formatting and lint of the lines changed since LINT_BASE (default: the merge base with the
+# upstream branch; none in a fresh clone): clang-format for C++/CUDA, ruff for Python.
+LINT_BASE ?=
+$(VENV)/.lint-deps: $(VENV)/.deps
+	$(PY) -m pip install --quiet ruff==0.17.5 clang-format==23.1.5
+	touch $@
+
+lint: $(VENV)/.lint-deps
+	$(PY) .ci/lint_changed.py --ruff $(VENV)/bin/ruff --clang-format $(VENV)/bin/clang-format \
+		$(if $(LINT_BASE),--base $(LINT_BASE))
 
 # The C++ library with CMake (same sources), its tests, the install, and examples/cpp built
 # against the installed package as an outside project would.
