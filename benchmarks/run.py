@@ -196,6 +196,8 @@ def parse_args(argv):
                              "and onnxruntime)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.torchvision_python:  # workers and probes run in other directories
+        args.torchvision_python = os.path.abspath(args.torchvision_python)
     args.parser = parser
     return args
 
