@@ -1,6 +1,7 @@
 #include "checks.h"
 
 #include <c10/util/Exception.h>
+#include <c10/util/safe_numerics.h>
 
 #include <string>
 
@@ -48,7 +49,7 @@ void check_params(const char* op, int64_t dims, at::IntArrayRef stride, at::IntA
 
 void check_tensor(const char* op, const char* name, const at::Tensor& t, int64_t ndim,
                   const std::string& expected_layout) {
-  TORCH_CHECK(t.defined(), op, ": expected ", name, " to be a tensor, but got an undefined one");
+  check_defined(op, name, t);
   TORCH_CHECK(t.dim() == ndim, op, ": expected ", name, " to be a ", ndim, "-D tensor ",
               expected_layout, ", but got a ", t.dim(), "-D tensor of shape ", t.sym_sizes());
   const auto dtype = t.scalar_type();
@@ -76,7 +77,9 @@ void check_groups(const char* op, const c10::SymInt& channels, const c10::SymInt
 }
 
 // Output size per spatial axis: the conv formula. Throws if the dilated kernel does not fit in
-// the padded input (the formula would then give a size < 1).
+// the padded input (the formula would then give a size < 1), or if a term of the formula does
+// not fit in int64 (it would wrap around and give a wrong size). Symbolic input sizes (under
+// torch.compile/torch.export) are checked when they become concrete, in the real kernels.
 std::vector<c10::SymInt> output_size(const char* op, int64_t dims, c10::SymIntArrayRef in,
                                      c10::SymIntArrayRef kernel, at::IntArrayRef stride,
                                      at::IntArrayRef padding, at::IntArrayRef dilation) {
@@ -85,11 +88,38 @@ std::vector<c10::SymInt> output_size(const char* op, int64_t dims, c10::SymIntAr
   for (int64_t i = 0; i < dims; ++i) {
     TORCH_CHECK(kernel[i] >= 1, op, ": expected a kernel size >= 1 on every axis, but got ",
                 kernel);
-    const c10::SymInt padded = in[i] + 2 * padding[i];
-    const c10::SymInt extent = (kernel[i] - 1) * dilation[i] + 1;
+    const char* axis = kAxisNames[dims - 2][i];
+    auto overflow = [&](const char* what) {
+      TORCH_CHECK(false, op, ": the size overflows: ", what, " along axis ", axis,
+                  " does not fit in a 64-bit integer (input size ", in, ", kernel size ", kernel,
+                  ", padding ", padding, ", dilation ", dilation, ")");
+    };
+    // extent = (K - 1) * dilation + 1 and 2 * padding, in checked arithmetic when concrete.
+    c10::SymInt extent, twice_padding;
+    int64_t twice_p = 0;
+    if (c10::mul_overflows(padding[i], int64_t{2}, &twice_p)) overflow("2 * padding");
+    twice_padding = twice_p;
+    if (const auto k = kernel[i].maybe_as_int()) {
+      int64_t span = 0, e = 0;
+      if (c10::mul_overflows(*k - 1, dilation[i], &span) ||
+          c10::add_overflows(span, int64_t{1}, &e)) {
+        overflow("the dilated kernel size (K - 1) * dilation + 1");
+      }
+      extent = e;
+    } else {
+      extent = (kernel[i] - 1) * dilation[i] + 1;
+    }
+    c10::SymInt padded;
+    if (const auto n = in[i].maybe_as_int()) {
+      int64_t sum = 0;
+      if (c10::add_overflows(*n, twice_p, &sum)) overflow("the padded input size I + 2 * padding");
+      padded = sum;
+    } else {
+      padded = in[i] + twice_padding;
+    }
     TORCH_CHECK(padded >= extent, op, ": the dilated kernel (size ", kernel, ", dilation ",
                 dilation, ") is larger than the padded input (size ", in, ", padding ", padding,
-                ") along axis ", kAxisNames[dims - 2][i], ": output size would be < 1");
+                ") along axis ", axis, ": output size would be < 1");
     out.push_back((padded - extent) / stride[i] + 1);
   }
   return out;

@@ -17,6 +17,14 @@
 namespace involution {
 namespace detail {
 
+// Throws c10::Error naming `name` if `t` is undefined (None in Python). The autograd and
+// autocast kernels call it first: they run before the device kernels' checks and would otherwise
+// fail with "tensor does not have a device", naming no argument.
+inline void check_defined(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK(t.defined(), op, ": expected ", name,
+              " to be a tensor, but got None (an undefined tensor)");
+}
+
 // Output sizes (B, C, O...) of the forward op; throws c10::Error naming what was expected and
 // what came if any argument is invalid.
 std::vector<c10::SymInt> check_forward(const char* op, int64_t dims, const at::Tensor& input,

@@ -8,6 +8,7 @@
 #include <ATen/autocast_mode.h>
 #include <torch/library.h>
 
+#include "../checks.h"
 #include "../op_family.h"
 
 namespace involution {
@@ -17,6 +18,8 @@ template <int64_t Dims, c10::DispatchKey autocast_key, c10::DeviceType device_ty
 at::Tensor forward_autocast(const at::Tensor& input, const at::Tensor& weight,
                             at::IntArrayRef stride, at::IntArrayRef padding,
                             at::IntArrayRef dilation) {
+  detail::check_defined(detail::OpFamily<Dims>::name, "input", input);
+  detail::check_defined(detail::OpFamily<Dims>::name, "weight", weight);
   c10::impl::ExcludeDispatchKeyGuard no_autocast(autocast_key);
   const auto dtype = at::autocast::get_autocast_dtype(device_type);
   return detail::OpFamily<Dims>::forward(at::autocast::cached_cast(dtype, input, device_type),

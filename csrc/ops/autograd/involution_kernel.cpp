@@ -15,6 +15,7 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "../checks.h"
 #include "../op_family.h"
 
 namespace involution {
@@ -170,6 +171,8 @@ template <int64_t Dims>
 at::Tensor forward_autograd(const at::Tensor& input, const at::Tensor& weight,
                             at::IntArrayRef stride, at::IntArrayRef padding,
                             at::IntArrayRef dilation) {
+  detail::check_defined(detail::OpFamily<Dims>::name, "input", input);
+  detail::check_defined(detail::OpFamily<Dims>::name, "weight", weight);
   return ForwardFunction<Dims>::apply(input, weight, stride, padding, dilation)[0];
 }
 
@@ -177,6 +180,8 @@ template <int64_t Dims>
 at::Tensor backward_input_autograd(const at::Tensor& grad_output, const at::Tensor& weight,
                                    c10::SymIntArrayRef input_size, at::IntArrayRef stride,
                                    at::IntArrayRef padding, at::IntArrayRef dilation) {
+  detail::check_defined(detail::OpFamily<Dims>::backward_input_name, "grad_output", grad_output);
+  detail::check_defined(detail::OpFamily<Dims>::backward_input_name, "weight", weight);
   return BackwardInputFunction<Dims>::apply(grad_output, weight, input_size, stride, padding,
                                             dilation)[0];
 }
@@ -186,6 +191,8 @@ at::Tensor backward_weight_autograd(const at::Tensor& grad_output, const at::Ten
                                     at::IntArrayRef kernel_size, int64_t groups,
                                     at::IntArrayRef stride, at::IntArrayRef padding,
                                     at::IntArrayRef dilation) {
+  detail::check_defined(detail::OpFamily<Dims>::backward_weight_name, "grad_output", grad_output);
+  detail::check_defined(detail::OpFamily<Dims>::backward_weight_name, "input", input);
   return BackwardWeightFunction<Dims>::apply(grad_output, input, kernel_size, groups, stride,
                                              padding, dilation)[0];
 }
