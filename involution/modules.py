@@ -25,11 +25,41 @@ def _tuple_at_least(value: IntOrPair, n: int, name: str, minimum: int) -> Tuple[
     return values
 
 
+def _pad_to_windows(input: torch.Tensor, stride: List[int], out: List[int]) -> torch.Tensor:
+    """Zero-pads the spatial axes of ``input`` at the end to ``out[i] * stride[i]``."""
+    pad: List[int] = []
+    for i in range(len(stride) - 1, -1, -1):  # F.pad lists the last axis first
+        pad += [0, out[i] * stride[i] - input.shape[2 + i]]
+    return F.pad(input, pad)
+
+
+def _rescale_overhang(pooled: torch.Tensor, input: torch.Tensor, stride: List[int],
+                      out: List[int]) -> torch.Tensor:
+    """Turns an average over whole ``stride`` windows of the zero-padded input into the average
+    over what each window covers of ``input``: the last window along an axis is scaled by
+    stride / (elements it covers), every other one by exactly 1. Together with
+    :func:`_pad_to_windows` this is ceil-mode average pooling (``count_include_pad=False``),
+    written without branching on the input size (one graph for every size under
+    ``torch.compile(dynamic=True)`` and ``torch.export``), and valid for inputs shorter than
+    the stride too."""
+    dims = len(stride)
+    for i in range(dims):
+        s = stride[i]
+        if s == 1:
+            continue
+        starts = torch.arange(out[i], device=input.device) * s
+        covered = (input.shape[2 + i] - starts).clamp(max=s)
+        shape = [1] * (dims + 2)
+        shape[2 + i] = out[i]
+        pooled = pooled * (s / covered).to(pooled.dtype).view(shape)
+    return pooled
+
+
 class _InvolutionNd(nn.Module):
     """The kernel-generation branch around the involution op, for 2 or 3 spatial axes."""
 
     _spatial_dims = 2  # set by each subclass
-    __constants__ = ["_dims"]
+    __constants__ = ["_dims", "_same_padding", "_unit_stride"]
 
     def __init__(
         self,
@@ -83,6 +113,12 @@ class _InvolutionNd(nn.Module):
         self._stride: List[int] = list(self.stride)
         self._padding: List[int] = list(self.padding)
         self._dilation: List[int] = list(self.dilation)
+        # Whether the output size is ceil(size / stride) on every axis for every input size
+        # (2 * padding == dilation * (kernel - 1)), and whether every stride is 1.
+        self._same_padding: bool = all(
+            2 * p == d * (k - 1) for k, p, d in zip(self.kernel_size, self.padding, self.dilation)
+        )
+        self._unit_stride: bool = all(s == 1 for s in self.stride)
 
         conv = nn.Conv2d if n == 2 else nn.Conv3d
         reduced = out_channels // reduce_ratio
@@ -126,8 +162,26 @@ class _InvolutionNd(nn.Module):
             out.append((input.shape[2 + i] + 2 * p - d * (k - 1) - 1) // s + 1)
         return out
 
+    def _stride_pool(self, input: torch.Tensor, out: List[int]) -> torch.Tensor:
+        # Average pooling with windows of `stride` at multiples of `stride`, `out` windows per
+        # axis, each averaging the input it covers: o_mapping (floor mode) where the windows
+        # tile the input, ceil mode where the last window overhangs. Written without branching
+        # on the input size, so one graph serves every size under torch.compile(dynamic=True)
+        # and torch.export: the input is zero-padded at the end to out * stride (the pad is in
+        # [0, stride) wherever this is used), o_mapping averages over whole windows, and the
+        # overhanging windows are rescaled by stride / (elements they cover) per axis, a factor
+        # of exactly 1 elsewhere.
+        return _rescale_overhang(self.o_mapping(_pad_to_windows(input, self._stride, out)),
+                                 input, self._stride, out)
+
     def _kernel_branch_input(self, input: torch.Tensor, out: List[int]) -> torch.Tensor:
         if not self.force_shape_match:
+            if self._same_padding:
+                # "Same" padding: out = ceil(size / stride) on every axis, whatever the size, so
+                # the choice does not depend on it (floor and ceil pooling are one formula).
+                if self._unit_stride:
+                    return self.o_mapping(input)
+                return self._stride_pool(input, out)
             floor_fits = True
             ceil_fits = True
             for i in range(self._dims):
@@ -137,14 +191,7 @@ class _InvolutionNd(nn.Module):
             if floor_fits:
                 return self.o_mapping(input)
             if ceil_fits:
-                # The last window overhangs and averages what it covers. count_include_pad=False
-                # gives the same numbers as the default here (no explicit padding) and avoids
-                # inductor's wrong backward for the default (pytorch/pytorch#198119).
-                if self._dims == 2:
-                    return F.avg_pool2d(input, self._stride, self._stride, ceil_mode=True,
-                                        count_include_pad=False)
-                return F.avg_pool3d(input, self._stride, self._stride, ceil_mode=True,
-                                    count_include_pad=False)
+                return self._stride_pool(input, out)
         if self._dims == 2:
             return F.adaptive_avg_pool2d(input, out)
         return F.adaptive_avg_pool3d(input, out)
@@ -194,8 +241,13 @@ class Involution2d(_InvolutionNd):
 
     * ``o_mapping`` (``AvgPool2d(stride, stride)``), as in the seed, when that already gives
       (OH, OW), which is the case for "same" padding and sizes divisible by the stride;
-    * average pooling with ``ceil_mode=True`` when that gives (OH, OW): odd sizes with
-      stride > 1 and "same" padding, where the seed crashes;
+    * average pooling in ceil mode (the last window averages what it covers) when that gives
+      (OH, OW): odd sizes with stride > 1 and "same" padding, where the seed crashes, and
+      inputs shorter than the stride. With "same" padding (``2 * padding == dilation *
+      (kernel_size - 1)``) these two are computed as one formula (zero-pad to OH * stride,
+      ``o_mapping``, rescale the last window), so the choice never depends on the input size:
+      ``torch.compile(dynamic=True)`` and ``torch.export`` with dynamic height and width work
+      at any stride;
     * ``adaptive_avg_pool2d`` to (OH, OW) otherwise (non-"same" padding, even kernels), where
       the seed crashes, and always when ``force_shape_match=True`` (the seed then pooled twice
       when stride > 1).

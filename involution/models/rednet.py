@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..modules import _pad_to_windows, _rescale_overhang
+
 __all__ = [
     "RedNet",
     "RedNetBottleneck",
@@ -45,7 +47,9 @@ class RedNetInvolution(nn.Module):
     with ``reduce`` a 1x1 conv C -> C/4 without bias, ``span`` a 1x1 conv C/4 -> K*K*G with bias
     and G = C/16 groups (16 channels share a kernel). The aggregated input is ``x`` itself.
 
-    ``pool`` is ``avg_pool2d(stride, stride, ceil_mode=True)``: identical to the official
+    ``pool`` is ``avg_pool2d(stride, stride, ceil_mode=True)`` (computed as zero-padding to whole
+    windows, ``avg_pool2d`` and a rescale of the last window, so that one graph serves every
+    input size under ``torch.compile(dynamic=True)`` and ``torch.export``): identical to the official
     ``AvgPool2d(stride, stride)`` when the size is divisible by the stride, and still the op's
     output size ``ceil(H / stride)`` when it is not (the official block crashes there).
     """
@@ -75,9 +79,11 @@ class RedNetInvolution(nn.Module):
         s = self.stride
         pooled = x
         if s > 1:
-            # count_include_pad=False: same numbers (there is no explicit padding) and avoids
-            # inductor's wrong backward for the default (pytorch/pytorch#198119).
-            pooled = F.avg_pool2d(x, [s, s], [s, s], ceil_mode=True, count_include_pad=False)
+            # Ceil-mode average pooling, without branching on the size (dynamic shapes): pad to
+            # whole windows, average, rescale the overhanging last window.
+            out = [(x.shape[2] + s - 1) // s, (x.shape[3] + s - 1) // s]
+            pooled = _rescale_overhang(
+                F.avg_pool2d(_pad_to_windows(x, [s, s], out), [s, s], [s, s]), x, [s, s], out)
         kernel = self.span(self.relu(self.bn(self.reduce(pooled))))
         b, _, h, w = kernel.shape
         k = self.kernel_size
@@ -133,8 +139,10 @@ class RedNet(nn.Module):
         stage_blocks: blocks per stage, e.g. ``(1, 2, 4, 1)`` for RedNet-26.
         num_classes: outputs of the linear head.
         zero_init_residual: initialise the last BN of every bottleneck to zero, so each
-            residual block starts as the identity (the official training default is True;
-            here it is off unless asked for).
+            residual block starts as the identity (default True, as the official RedNet
+            backbone). Without it a freshly built network's activations grow through the
+            involutions (each multiplies the features by a kernel computed from them, so
+            magnitudes square), and RedNet-50 in eval mode overflows to NaN logits.
 
     Initialisation (as mmcls): convolutions Kaiming-normal (fan_out, ReLU gain), conv biases
     zero, BN weight 1 and bias 0, the head normal(0, 0.01) with zero bias.
@@ -146,7 +154,7 @@ class RedNet(nn.Module):
     """
 
     def __init__(self, stage_blocks: Sequence[int], num_classes: int = 1000,
-                 zero_init_residual: bool = False) -> None:
+                 zero_init_residual: bool = True) -> None:
         super().__init__()
         stage_blocks = tuple(stage_blocks)
         if len(stage_blocks) != 4 or not all(isinstance(n, int) and n >= 1
@@ -177,7 +185,7 @@ class RedNet(nn.Module):
         self.fc = nn.Linear(in_channels, num_classes)
         self.reset_parameters(zero_init_residual)
 
-    def reset_parameters(self, zero_init_residual: bool = False) -> None:
+    def reset_parameters(self, zero_init_residual: bool = True) -> None:
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
