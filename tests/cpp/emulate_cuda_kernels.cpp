@@ -148,22 +148,6 @@ std::string describe(const Geometry& g) {
   return s;
 }
 
-template <int N>
-using Int = std::integral_constant<int, N>;
-
-template <typename T, typename F>
-void with_tiled_shape(const Geometry& g, const F& f) {
-  const int64_t k = g.kernel[2], s = g.stride[2];
-  if (k == 3 && s == 1)
-    f(Int<3>(), Int<1>());
-  else if (k == 3 && s == 2)
-    f(Int<3>(), Int<2>());
-  else if (k == 7 && s == 1)
-    f(Int<7>(), Int<1>());
-  else
-    f(Int<7>(), Int<2>());
-}
-
 template <typename T>
 void check_case(const Geometry& g, std::mt19937& rng, double tol, int case_index,
                 int tiled_variants[5]) {
@@ -192,7 +176,7 @@ void check_case(const Geometry& g, std::mt19937& rng, double tol, int case_index
   if (!tiled_kernels_apply(g)) return;
 
   const int64_t per_launch = 1 + case_index % 2;  // one or two slabs per launch
-  with_tiled_shape<T>(g, [&](auto k, auto s) {
+  with_tiled_shape(g, [&](auto k, auto s) {
     constexpr int K = decltype(k)::value, S = decltype(s)::value;
     for (const int variant : {0, 1, 2, 3}) {
       const bool pairs = variant & 1, vector = variant & 2;

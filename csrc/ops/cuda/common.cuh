@@ -27,13 +27,14 @@ constexpr int kPixels = 4;     // consecutive output (or input) columns per thre
 constexpr int kForwardBlocksPerSM = 2;
 constexpr int kTiledBlocksPerSM = 3;
 
-// Whether the CUDA kernels take this problem: every size, stride, padding and dilation, and the
-// spatial volumes, below 2^31 (so that no kernel divides 64-bit numbers: nvcc makes an
+// Whether the CUDA kernels take this problem: every size, stride, padding and dilation, the
+// spatial volumes and the number of taps below 2^31 (so that no kernel divides 64-bit numbers: nvcc makes an
 // out-of-line call of that, with a stack frame). Only the offsets of whole (batch, group) slabs
 // and channels are 64-bit.
 __host__ inline bool cuda_kernels_apply(const Geometry& g) {
   const int64_t limit = (int64_t(1) << 31) - 1;
-  bool ok = g.channels <= limit && g.in_volume() <= limit && g.out_volume() <= limit;
+  bool ok = g.channels <= limit && g.in_volume() <= limit && g.out_volume() <= limit &&
+            g.taps() <= limit;
   for (int a = 0; a < 3; ++a) {
     ok = ok && g.kernel[a] <= limit && g.stride[a] <= limit && g.padding[a] <= limit &&
          g.dilation[a] <= limit && (g.kernel[a] - 1) * g.dilation[a] <= limit;
@@ -44,13 +45,12 @@ __host__ inline bool cuda_kernels_apply(const Geometry& g) {
 // The sizes of one slab in 32-bit integers: the tiled kernels run only when every offset inside
 // a slab fits (tiled_kernels_apply), and add the slab's 64-bit base offset once.
 struct Slab {
-  int32_t cpg, groups;
+  int32_t cpg;
   int32_t in[3], out[3], kernel0, stride0, padding[3], dilation0;
   int32_t in_volume, out_volume;
 
   __host__ __device__ explicit Slab(const Geometry& g)
       : cpg(static_cast<int32_t>(g.channels) / static_cast<int32_t>(g.groups)),
-        groups(static_cast<int32_t>(g.groups)),
         in{static_cast<int32_t>(g.in[0]), static_cast<int32_t>(g.in[1]),
            static_cast<int32_t>(g.in[2])},
         out{static_cast<int32_t>(g.out[0]), static_cast<int32_t>(g.out[1]),

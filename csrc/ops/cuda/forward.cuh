@@ -35,6 +35,8 @@
 // Generic kernel (any geometry, see cuda_kernels_apply): one thread per (batch, group, output
 // pixel), with a 16-channel register block, reading each weight once.
 
+#include <type_traits>
+
 #include "common.cuh"
 
 namespace involution {
@@ -159,6 +161,23 @@ __host__ inline bool tiled_kernels_apply(const Geometry& g) {
          g.channels / g.groups * g.in_volume() < limit &&
          g.channels / g.groups * g.out_volume() < limit && g.taps() * g.out_volume() < limit &&
          g.in_volume() + g.padding[2] < limit;
+}
+
+// Calls f(std::integral_constant<int, K>(), std::integral_constant<int, S>()) with the kernel
+// size and stride of a geometry the tiled kernels take (tiled_kernels_apply): the one place that
+// turns them into template arguments, for the launches and the host emulation.
+template <typename F>
+__host__ void with_tiled_shape(const Geometry& g, const F& f) {
+  using Three = std::integral_constant<int, 3>;
+  using Seven = std::integral_constant<int, 7>;
+  using One = std::integral_constant<int, 1>;
+  using Two = std::integral_constant<int, 2>;
+  const int64_t k = g.kernel[2], s = g.stride[2];
+  if (k == 3) {
+    s == 1 ? f(Three(), One()) : f(Three(), Two());
+  } else {
+    s == 1 ? f(Seven(), One()) : f(Seven(), Two());
+  }
 }
 
 // Whether forward_tiled may load the input in aligned pairs: rows of even width whose first

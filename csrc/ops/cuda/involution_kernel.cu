@@ -26,22 +26,6 @@ namespace cuda {
 namespace {
 
 using detail::OpFamily;
-template <int N>
-using Int = std::integral_constant<int, N>;
-
-// Calls f(Int<K>(), Int<S>()) with the geometry's kernel size and stride (tiled_kernels_apply).
-template <typename F>
-void with_tiled_shape(const Geometry& g, const F& f) {
-  const int64_t k = g.kernel[2], s = g.stride[2];
-  if (k == 3 && s == 1)
-    f(Int<3>(), Int<1>());
-  else if (k == 3 && s == 2)
-    f(Int<3>(), Int<2>());
-  else if (k == 7 && s == 1)
-    f(Int<7>(), Int<1>());
-  else
-    f(Int<7>(), Int<2>());
-}
 
 // Blocks for `threads` threads: enough to cover them, at most 2^30 threads in all (the grid-stride
 // loops of the kernels then cover the rest).
@@ -76,8 +60,8 @@ void launch_generic(const Kernel& kernel, const detail::Prepared& p, int64_t pix
 // wrong answer, for the sizes beyond them.
 void check_limits(const char* op, const Geometry& g) {
   TORCH_CHECK(cuda_kernels_apply(g), op,
-              " on CUDA: expected the channels, every spatial size and volume, kernel size, "
-              "stride, padding and dilation to be below 2^31, but got channels ",
+              " on CUDA: expected the channels, every spatial size and volume, kernel size and "
+              "tap count, stride, padding and dilation to be below 2^31, but got channels ",
               g.channels, ", input volume ", g.in_volume(), ", output volume ", g.out_volume(),
               ", kernel (", g.kernel[0], ", ", g.kernel[1], ", ", g.kernel[2], "), stride (",
               g.stride[0], ", ", g.stride[1], ", ", g.stride[2], "), padding (", g.padding[0], ", ",
