@@ -28,13 +28,13 @@ constexpr int kForwardBlocksPerSM = 2;
 constexpr int kTiledBlocksPerSM = 3;
 
 // Whether the CUDA kernels take this problem: every size, stride, padding and dilation, the
-// spatial volumes and the number of taps below 2^31 (so that no kernel divides 64-bit numbers: nvcc makes an
-// out-of-line call of that, with a stack frame). Only the offsets of whole (batch, group) slabs
-// and channels are 64-bit.
+// spatial volumes and the number of taps below 2^31 (so that no kernel divides 64-bit numbers: nvcc
+// makes an out-of-line call of that, with a stack frame). Only the offsets of whole (batch, group)
+// slabs and channels are 64-bit.
 __host__ inline bool cuda_kernels_apply(const Geometry& g) {
   const int64_t limit = (int64_t(1) << 31) - 1;
-  bool ok = g.channels <= limit && g.in_volume() <= limit && g.out_volume() <= limit &&
-            g.taps() <= limit;
+  bool ok =
+      g.channels <= limit && g.in_volume() <= limit && g.out_volume() <= limit && g.taps() <= limit;
   for (int a = 0; a < 3; ++a) {
     ok = ok && g.kernel[a] <= limit && g.stride[a] <= limit && g.padding[a] <= limit &&
          g.dilation[a] <= limit && (g.kernel[a] - 1) * g.dilation[a] <= limit;
