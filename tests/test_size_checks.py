@@ -77,7 +77,8 @@ NONE_CALLS = [
 @pytest.mark.parametrize("op,name,call", NONE_CALLS, ids=lambda v: v if isinstance(v, str) else "")
 def test_none_argument_is_named(op, name, call, autocast):
     with torch.autocast("cpu", enabled=autocast):
-        with pytest.raises(RuntimeError, match=rf"^{op}: expected {name} to be a tensor, but got None"):
+        expected = rf"^{op}: expected {name} to be a tensor, but got None"
+        with pytest.raises(RuntimeError, match=expected):
             call()
 
 

@@ -49,9 +49,9 @@ class RedNetInvolution(nn.Module):
 
     ``pool`` is ``avg_pool2d(stride, stride, ceil_mode=True)`` (computed as zero-padding to whole
     windows, ``avg_pool2d`` and a rescale of the last window, so that one graph serves every
-    input size under ``torch.compile(dynamic=True)`` and ``torch.export``): identical to the official
-    ``AvgPool2d(stride, stride)`` when the size is divisible by the stride, and still the op's
-    output size ``ceil(H / stride)`` when it is not (the official block crashes there).
+    input size under ``torch.compile(dynamic=True)`` and ``torch.export``): identical to the
+    official ``AvgPool2d(stride, stride)`` when the size is divisible by the stride, and still
+    the op's output size ``ceil(H / stride)`` when it is not (the official block crashes there).
     """
 
     def __init__(self, channels: int, kernel_size: int = 7, stride: int = 1,
