@@ -157,7 +157,7 @@ void forward(const Geometry& g, const scalar_t* x, const scalar_t* w, scalar_t* 
   // multiply-add latency.
   constexpr int CB = 8;
   const int64_t OD = g.out[0], OH = g.out[1], OW = g.out[2];
-  const int64_t KH = g.kernel[1], KW = g.kernel[2];
+  const int64_t KD = g.kernel[0], KH = g.kernel[1], KW = g.kernel[2];
   const int64_t cpg = g.channels_per_group(), taps = g.taps(), out_volume = g.out_volume();
   const int64_t blocks = ceil_div(OH, kRowsPerTask);
 
@@ -195,6 +195,7 @@ void forward(const Geometry& g, const scalar_t* x, const scalar_t* w, scalar_t* 
     const bool phase2 = g.stride[2] == 2 && g.dilation[2] == 1;
     for (int64_t oh = oh0; oh < oh1; ++oh) {
       const TapRange kh = taps_in_range(oh, g.stride[1], g.padding[1], g.dilation[1], KH, g.in[1]);
+      const bool edge_row = slab.kd_count < KD || kh.hi - kh.lo < KH;
       scalar_t* y_row = y + c0 * out_volume + (od * OH + oh) * OW;
       // The next row's weights (the next task's first row after the last), fetched a column
       // block at a time alongside the first channel block's work rather than in one burst that
@@ -226,6 +227,22 @@ void forward(const Geometry& g, const scalar_t* x, const scalar_t* w, scalar_t* 
               for (int cb = 0; cb < NB; ++cb) acc[cb] += wv * load<V>(xc[cb] + off);
             }
           }
+        }
+        if (edge_row) {
+          // Tap rows outside the input along depth or height read zeros: their weights enter
+          // the sum as w * 0 (NaN for an Inf or NaN weight), as the staged zeros give along the
+          // width. Summed once for the channel block, not per channel.
+          V z{};
+          const V zero{};
+          for (int64_t kd = 0; kd < KD; ++kd) {
+            const bool kd_in = kd >= slab.kd_lo && kd < slab.kd_lo + slab.kd_count;
+            for (int64_t u = 0; u < KH; ++u) {
+              if (kd_in && u >= kh.lo && u < kh.hi) continue;
+              const scalar_t* w_tap = w_row + (kd * KH + u) * KW * w_tap_stride;
+              for (int64_t v = 0; v < KW; ++v) z += load_as<V>(w_tap + v * w_tap_stride) * zero;
+            }
+          }
+          for (int cb = 0; cb < NB; ++cb) acc[cb] += z;
         }
         const int64_t count = std::min<int64_t>(Lanes, OW - j0);
         if (count == Lanes) {  // a constant count lets store() drop its checks
@@ -286,6 +303,7 @@ void backward_weight(const Geometry& g, const scalar_t* grad_y, const scalar_t* 
   const int64_t gy_numel = g.batch * g.channels * out_volume;
   InputSlab<acc_t, Lanes> slab;
   std::vector<scalar_t> gy_tail(ow_full < OW ? cpg * kRowsPerTask * Lanes : 0, scalar_t(0));
+  std::vector<acc_t> edge_grad(round_up(OW, Lanes), acc_t(0));
 
   for (int64_t task = begin; task < end; ++task) {
     const int64_t oh0 = (task % blocks) * kRowsPerTask, oh1 = std::min(OH, oh0 + kRowsPerTask);
@@ -312,14 +330,29 @@ void backward_weight(const Geometry& g, const scalar_t* grad_y, const scalar_t* 
       // The next row's grad_output; its weight-gradient rows are prefetched tap row by tap row
       // below, spread over this row's work rather than in one burst that fills the miss buffers.
       if (oh + 1 < OH) prefetch_rows(gy_task + (oh + 1 - oh0) * OW, cpg, out_volume, OW);
+      bool edge_ready = false;  // edge_grad holds this row's sums
       for (int64_t kd = 0; kd < KD; ++kd) {
         for (int64_t u = 0; u < KH; ++u) {
           scalar_t* gw_row = gw_task + ((kd * KH + u) * KW) * out_volume + oh * OW;
           if (oh + 1 < OH) prefetch_rows<1>(gw_row + OW, KW, out_volume, OW);
-          const bool valid = kd >= slab.kd_lo && kd < slab.kd_lo + slab.kd_count && u >= kh.lo &&
-                             u < kh.hi;
-          if (!valid) {  // taps that read only padding
-            for (int64_t v = 0; v < KW; ++v) zero(gw_row + v * out_volume, OW);
+          const bool valid =
+              kd >= slab.kd_lo && kd < slab.kd_lo + slab.kd_count && u >= kh.lo && u < kh.hi;
+          if (!valid) {
+            // A tap row outside the input along depth or height reads zeros: its gradient is
+            // sum_c gy[c, j] * 0 (0, or NaN where a grad_output is Inf or NaN), as the staged
+            // zeros give along the width.
+            if (!edge_ready) {
+              for (int64_t j = 0; j < OW; ++j) {
+                acc_t z = 0;
+                for (int64_t c = 0; c < cpg; ++c) {
+                  z += static_cast<acc_t>(gy_task[c * out_volume + (oh - oh0) * OW + j]) * acc_t(0);
+                }
+                edge_grad[j] = z;
+              }
+              edge_ready = true;
+            }
+            for (int64_t v = 0; v < KW; ++v)
+              store_row<Lanes>(edge_grad.data(), OW, gw_row + v * out_volume);
             continue;
           }
           const acc_t* x_row = slab.row(g, kd, oh, u);
