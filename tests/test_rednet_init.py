@@ -6,7 +6,6 @@ import torch
 
 from involution.models import rednet26, rednet50
 
-
 # --- A fresh RedNet ---------------------------------------------------------------------------
 
 def test_fresh_rednet50_eval_gives_finite_logits():
