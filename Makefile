@@ -142,6 +142,7 @@ cpp-cuda: $(CUDA_VENV)/.deps
 	PATH=$(CURDIR)/$(CUDA_VENV)/bin:$$PATH cmake -S . -B build/cmake-cuda -G Ninja \
 		-DCMAKE_PREFIX_PATH="$(CUDA_SITE)/torch/share/cmake" -DINVOLUTION_CUDA=ON \
 		-DCMAKE_CUDA_COMPILER=$(CUDA_HOME)/bin/nvcc -DCUDAToolkit_ROOT=$(CUDA_HOME) \
+		-DCUDA_TOOLKIT_ROOT_DIR=$(CUDA_HOME) \
 		-DCUDA_nvrtc_LIBRARY="$(CUDA_SITE)/nvidia/cu13/lib/libnvrtc.so.13" \
 		-DCMAKE_CUDA_ARCHITECTURES="80;90"
 	PATH=$(CURDIR)/$(CUDA_VENV)/bin:$$PATH cmake --build build/cmake-cuda
