@@ -8,6 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .functional import _expand
+from .reference import output_size
 
 IntOrPair = Union[int, Sequence[int]]
 
@@ -158,8 +159,8 @@ class _InvolutionNd(nn.Module):
     def _output_size(self, input: torch.Tensor) -> List[int]:
         out: List[int] = []
         for i in range(self._dims):
-            k, p, d, s = self._kernel[i], self._padding[i], self._dilation[i], self._stride[i]
-            out.append((input.shape[2 + i] + 2 * p - d * (k - 1) - 1) // s + 1)
+            out.append(output_size(input.shape[2 + i], self._kernel[i], self._stride[i],
+                                   self._padding[i], self._dilation[i]))
         return out
 
     def _stride_pool(self, input: torch.Tensor, out: List[int]) -> torch.Tensor:
