@@ -10,9 +10,9 @@
 // from registers. One thread per tap row (not per pixel) keeps the accumulators at 28 for
 // K = 7 and gives the GPU K times more threads; the K threads of a pixel block read the same
 // grad_output, which the L1/L2 caches serve after the first.
-//   Hot loop (sm_90 SASS, make cuda-report), float32, K = 7: the channel loop, 1.73
+//   Hot loop (sm_90 SASS, make cuda-report), float32, K = 7: the channel loop, 1.70
 //   instructions per FFMA at S = 1 (4 grad_output and 10 input loads, 28 FFMA, address
-//   arithmetic), 1.88 at S = 2; 72 and 84-94 registers.
+//   arithmetic), 1.88 at S = 2; 80 and 92 registers.
 //   Bytes: gw (K*K per output pixel and group) written once, x and grad_output read once from
 //   DRAM (the re-reads by the other tap rows hit the caches at RedNet's sizes).
 //   Predicted (not yet measured on a GPU): within about 1.5x of the DRAM floor (float32).
