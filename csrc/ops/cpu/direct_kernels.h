@@ -56,13 +56,12 @@ template <typename scalar_t>
 void forward(const Geometry& g, const scalar_t* x, const scalar_t* w, scalar_t* y, int64_t begin,
              int64_t end) {
   using acc_t = acc_type<scalar_t>;
-  const int64_t OD = g.out[0], OH = g.out[1], OW = g.out[2];
+  const int64_t OH = g.out[1], OW = g.out[2];
   const int64_t cpg = g.channels_per_group(), out_volume = g.out_volume();
-  const int64_t in_volume = g.in_volume(), blocks = ceil_div(OH, kRowsPerTask);
+  const int64_t in_volume = g.in_volume();
   for (int64_t task = begin; task < end; ++task) {
-    const int64_t oh0 = (task % blocks) * kRowsPerTask, oh1 = std::min(OH, oh0 + kRowsPerTask);
-    const int64_t od = (task / blocks) % OD, bg = task / (blocks * OD);
-    const int64_t c0 = (bg / g.groups) * g.channels + (bg % g.groups) * cpg;
+    const RowBlock rb = output_row_block(g, task);
+    const int64_t oh0 = rb.row0, oh1 = rb.row1, od = rb.depth, bg = rb.bg, c0 = rb.c0;
     const scalar_t* w_bg = w + bg * g.taps() * out_volume;
     for (int64_t c = 0; c < cpg; ++c) {
       const scalar_t* xc = x + (c0 + c) * in_volume;
@@ -85,13 +84,12 @@ template <typename scalar_t>
 void backward_weight(const Geometry& g, const scalar_t* grad_y, const scalar_t* x, scalar_t* grad_w,
                      int64_t begin, int64_t end) {
   using acc_t = acc_type<scalar_t>;
-  const int64_t OD = g.out[0], OH = g.out[1], OW = g.out[2];
+  const int64_t OH = g.out[1], OW = g.out[2];
   const int64_t cpg = g.channels_per_group(), out_volume = g.out_volume(), taps = g.taps();
-  const int64_t in_volume = g.in_volume(), blocks = ceil_div(OH, kRowsPerTask);
+  const int64_t in_volume = g.in_volume();
   for (int64_t task = begin; task < end; ++task) {
-    const int64_t oh0 = (task % blocks) * kRowsPerTask, oh1 = std::min(OH, oh0 + kRowsPerTask);
-    const int64_t od = (task / blocks) % OD, bg = task / (blocks * OD);
-    const int64_t c0 = (bg / g.groups) * g.channels + (bg % g.groups) * cpg;
+    const RowBlock rb = output_row_block(g, task);
+    const int64_t oh0 = rb.row0, oh1 = rb.row1, od = rb.depth, bg = rb.bg, c0 = rb.c0;
     scalar_t* gw_bg = grad_w + bg * taps * out_volume;
     for (int64_t oh = oh0; oh < oh1; ++oh) {
       for (int64_t ow = 0; ow < OW; ++ow) {
@@ -115,11 +113,11 @@ template <typename scalar_t>
 void backward_input(const Geometry& g, const scalar_t* grad_y, const scalar_t* w, scalar_t* grad_x,
                     int64_t begin, int64_t end) {
   using acc_t = acc_type<scalar_t>;
-  const int64_t D = g.in[0], H = g.in[1], W = g.in[2];
+  const int64_t H = g.in[1], W = g.in[2];
   const int64_t OH = g.out[1], OW = g.out[2];
   const int64_t KD = g.kernel[0], KH = g.kernel[1], KW = g.kernel[2];
   const int64_t cpg = g.channels_per_group(), out_volume = g.out_volume(), taps = g.taps();
-  const int64_t in_volume = g.in_volume(), blocks = ceil_div(H, kRowsPerTask);
+  const int64_t in_volume = g.in_volume();
   auto source = [&](int64_t i, int64_t axis, int64_t k) -> int64_t {
     const int64_t n = i + g.padding[axis] - k * g.dilation[axis];
     if (n < 0 || n % g.stride[axis] != 0) return -1;
@@ -127,9 +125,8 @@ void backward_input(const Geometry& g, const scalar_t* grad_y, const scalar_t* w
     return o < g.out[axis] ? o : -1;
   };
   for (int64_t task = begin; task < end; ++task) {
-    const int64_t ih0 = (task % blocks) * kRowsPerTask, ih1 = std::min(H, ih0 + kRowsPerTask);
-    const int64_t id = (task / blocks) % D, bg = task / (blocks * D);
-    const int64_t c0 = (bg / g.groups) * g.channels + (bg % g.groups) * cpg;
+    const RowBlock rb = input_row_block(g, task);
+    const int64_t ih0 = rb.row0, ih1 = rb.row1, id = rb.depth, bg = rb.bg, c0 = rb.c0;
     const scalar_t* w_bg = w + bg * taps * out_volume;
     for (int64_t c = 0; c < cpg; ++c) {
       const scalar_t* gy = grad_y + (c0 + c) * out_volume;

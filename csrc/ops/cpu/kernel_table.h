@@ -40,6 +40,25 @@ inline int64_t input_row_tasks(const Geometry& g) {
   return g.batch * g.groups * g.in[0] * ceil_div(g.in[1], kRowsPerTask);
 }
 
+// What task `task` writes: rows [row0, row1) at depth `depth` of (batch, group) slab `bg`, whose
+// group's first channel is c0 = b * C + g * C/G. Output rows for forward and backward_weight,
+// input rows for backward_input: the one decode of the task numbers counted above.
+struct RowBlock {
+  int64_t row0, row1, depth, bg, c0;
+};
+inline RowBlock row_block(const Geometry& g, int64_t task, int64_t depths, int64_t rows) {
+  const int64_t blocks = ceil_div(rows, kRowsPerTask);
+  const int64_t row0 = (task % blocks) * kRowsPerTask, bg = task / (blocks * depths);
+  return {row0, std::min(rows, row0 + kRowsPerTask), (task / blocks) % depths, bg,
+          (bg / g.groups) * g.channels + (bg % g.groups) * g.channels_per_group()};
+}
+inline RowBlock output_row_block(const Geometry& g, int64_t task) {
+  return row_block(g, task, g.out[0], g.out[1]);
+}
+inline RowBlock input_row_block(const Geometry& g, int64_t task) {
+  return row_block(g, task, g.in[0], g.in[1]);
+}
+
 // Each kernel computes tasks [begin, end).
 template <typename scalar_t>
 struct Kernels {
@@ -58,10 +77,14 @@ struct KernelTable {
 
   template <typename T>
   const Kernels<T>& get() const {
-    if constexpr (std::is_same_v<T, double>) return f64;
-    else if constexpr (std::is_same_v<T, float>) return f32;
-    else if constexpr (std::is_same_v<T, c10::Half>) return f16;
-    else return bf16;
+    if constexpr (std::is_same_v<T, double>)
+      return f64;
+    else if constexpr (std::is_same_v<T, float>)
+      return f32;
+    else if constexpr (std::is_same_v<T, c10::Half>)
+      return f16;
+    else
+      return bf16;
   }
 };
 

@@ -25,6 +25,11 @@
 //     from tap kw, when (r + p - kw*d) is a multiple of s, the product at output column
 //     m + (r + p - kw*d) / s, contiguous in m. Only those taps are visited: no multiply-add is
 //     spent on zeros for s > 1.
+//   * Unrolled cases (with_width_shape): forward and grad_weight unroll the tap columns for
+//     KW = 3 and 7 at stride 1 and 2 (dilation 1); grad_input for KW = 3 and 7 at stride 1 and
+//     dilation 1. Every other geometry runs the same loops with run-time tap counts and offsets.
+//   * Partial column blocks: operands read in place (PartialBlocks) read on past a row's end
+//     rather than through a scalar tail; lanes past the end are never stored.
 // Every output element is written by exactly one task with a fixed summation order: results
 // are deterministic and independent of the number of threads. No atomics; the per-task
 // buffers hold a few rows per channel of the group.
@@ -58,6 +63,83 @@ inline TapRange taps_in_range(int64_t o, int64_t s, int64_t p, int64_t d, int64_
   const int64_t lo = std::max<int64_t>(0, ceil_div(-base, d));
   const int64_t hi = std::min(k, floor_div(n - 1 - base, d) + 1);
   return {lo, std::max(lo, hi)};
+}
+
+// An operand read in place, Lanes columns at a time: a task's rows of `width` columns, in
+// `planes` planes (taps or channels) `plane_stride` apart. The last, partial block of a row
+// reads on into the next row; those lanes' sums are never stored. Only where that would read
+// past the end of the tensor (in the last task) does a zero-padded copy of the partial blocks,
+// [plane][row][Lanes], stand in for them; its zeros are written once, here.
+template <typename scalar_t, int Lanes>
+class PartialBlocks {
+ public:
+  struct Run {
+    const scalar_t* data;  // plane 0; plane k is k * plane_stride further
+    int64_t plane_stride;
+  };
+
+  PartialBlocks(const scalar_t* tensor, int64_t numel, int64_t width, int64_t planes,
+                int64_t plane_stride)
+      : full(width - width % Lanes),
+        tensor_(tensor),
+        numel_(numel),
+        width_(width),
+        planes_(planes),
+        plane_stride_(plane_stride),
+        copy_(full < width ? planes * kRowsPerTask * Lanes : 0, scalar_t(0)) {}
+
+  const int64_t full;  // columns in whole blocks
+
+  // A task whose `rows` rows start at `first` (plane 0). In place unless the last partial
+  // block's reads (last plane, last row) would end past the tensor.
+  void start(const scalar_t* first, int64_t rows) {
+    first_ = first;
+    in_place_ =
+        (first - tensor_) + (planes_ - 1) * plane_stride_ + (rows - 1) * width_ + full + Lanes <=
+        numel_;
+    if (full == width_ || in_place_) return;
+    for (int64_t k = 0; k < planes_; ++k) {
+      for (int64_t r = 0; r < rows; ++r) {
+        std::memcpy(copy_.data() + (k * kRowsPerTask + r) * Lanes,
+                    first + k * plane_stride_ + r * width_ + full,
+                    (width_ - full) * sizeof(scalar_t));
+      }
+    }
+  }
+
+  // The partial block of the task's row r.
+  Run partial(int64_t r) const {
+    if (in_place_) return {first_ + r * width_ + full, plane_stride_};
+    return {copy_.data() + r * Lanes, kRowsPerTask * Lanes};
+  }
+
+ private:
+  const scalar_t* tensor_;
+  int64_t numel_, width_, planes_, plane_stride_;
+  std::vector<scalar_t> copy_;
+  const scalar_t* first_ = nullptr;
+  bool in_place_ = true;
+};
+
+// Calls f(kw, s) with compile-time constants: (7 or 3, 1 or 2) for a kernel width of 7 or 3 at
+// stride 1 or 2 and dilation 1 along the width (RedNet's layers), whose tap loops then unroll
+// fully with constant offsets; (0, 0) for every other width geometry, whose loops take the tap
+// count and offsets at run time.
+template <typename F>
+void with_width_shape(const Geometry& g, F&& f) {
+  using std::integral_constant;
+  const int64_t KW = g.kernel[2], s = g.stride[2];
+  const bool fixed = g.dilation[2] == 1 && (s == 1 || s == 2);
+  if (fixed && KW == 7 && s == 1)
+    f(integral_constant<int, 7>(), integral_constant<int, 1>());
+  else if (fixed && KW == 7)
+    f(integral_constant<int, 7>(), integral_constant<int, 2>());
+  else if (fixed && KW == 3 && s == 1)
+    f(integral_constant<int, 3>(), integral_constant<int, 1>());
+  else if (fixed && KW == 3)
+    f(integral_constant<int, 3>(), integral_constant<int, 2>());
+  else
+    f(integral_constant<int, 0>(), integral_constant<int, 0>());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -156,43 +238,24 @@ void forward(const Geometry& g, const scalar_t* x, const scalar_t* w, scalar_t* 
   // Channels sharing each weight load; also the independent accumulators that hide the
   // multiply-add latency.
   constexpr int CB = 8;
-  const int64_t OD = g.out[0], OH = g.out[1], OW = g.out[2];
+  const int64_t OH = g.out[1], OW = g.out[2];
   const int64_t KD = g.kernel[0], KH = g.kernel[1], KW = g.kernel[2];
   const int64_t cpg = g.channels_per_group(), taps = g.taps(), out_volume = g.out_volume();
-  const int64_t blocks = ceil_div(OH, kRowsPerTask);
 
-  // Weights are read in place (converted to acc_t as they are loaded). The last, partial block
-  // of Lanes columns reads past the end of its row into the next one; those lanes' sums are
-  // never stored. Only where that would read past the end of the weight tensor (the last
-  // task) does a zero-padded copy of the block, [tap][row][Lanes], stand in for it; its zeros
-  // are written once, here.
-  const int64_t ow_full = OW - OW % Lanes;
-  const int64_t w_numel = g.batch * g.groups * taps * out_volume;
+  // Weights are read in place (converted to acc_t as they are loaded), one plane per tap.
+  PartialBlocks<scalar_t, Lanes> w_tail(w, g.batch * g.groups * taps * out_volume, OW, taps,
+                                        out_volume);
+  const int64_t ow_full = w_tail.full;
   InputSlab<acc_t, Lanes> slab;
-  std::vector<scalar_t> w_tail(ow_full < OW ? taps * kRowsPerTask * Lanes : 0, scalar_t(0));
 
   for (int64_t task = begin; task < end; ++task) {
-    const int64_t oh0 = (task % blocks) * kRowsPerTask, oh1 = std::min(OH, oh0 + kRowsPerTask);
-    const int64_t od = (task / blocks) % OD, bg = task / (blocks * OD);
-    const int64_t c0 = (bg / g.groups) * g.channels + (bg % g.groups) * cpg;  // b*C + first c
+    const RowBlock rb = output_row_block(g, task);
+    const int64_t oh0 = rb.row0, oh1 = rb.row1, od = rb.depth, bg = rb.bg, c0 = rb.c0;
     slab.stage(g, x, c0, cpg, od, oh0, oh1);
     const scalar_t* w_task = w + bg * taps * out_volume + (od * OH + oh0) * OW;
-    // Whether the last block's reads stay inside the weight tensor (its last read is at tap
-    // taps - 1, row oh1 - 1).
-    const bool tail_in_place =
-        (w_task - w) + (taps - 1) * out_volume + (oh1 - 1 - oh0) * OW + ow_full + Lanes <= w_numel;
-    if (ow_full < OW && !tail_in_place) {
-      for (int64_t t = 0; t < taps; ++t) {
-        for (int64_t r = 0; r < oh1 - oh0; ++r) {
-          std::memcpy(w_tail.data() + (t * kRowsPerTask + r) * Lanes,
-                      w_task + t * out_volume + r * OW + ow_full, (OW - ow_full) * sizeof(scalar_t));
-        }
-      }
-    }
+    w_tail.start(w_task, oh1 - oh0);
 
     const int64_t* column_offset = slab.column_offset.data();
-    const bool unit = g.stride[2] == 1 && g.dilation[2] == 1;
-    const bool phase2 = g.stride[2] == 2 && g.dilation[2] == 1;
     for (int64_t oh = oh0; oh < oh1; ++oh) {
       const TapRange kh = taps_in_range(oh, g.stride[1], g.padding[1], g.dilation[1], KH, g.in[1]);
       const bool edge_row = slab.kd_count < KD || kh.hi - kh.lo < KH;
@@ -211,6 +274,8 @@ void forward(const Geometry& g, const scalar_t* x, const scalar_t* w, scalar_t* 
         const int64_t kw_count = KWc > 0 ? KWc : KW;
         const int64_t phase_len = slab.phase_len;
         V acc[NB];
+        // Zeroed lane vector by lane vector: GCC compiled `V acc[NB] = {}` into a rep stos of
+        // the whole array at every block.
         for (int cb = 0; cb < NB; ++cb) acc[cb] = V{};
         for (int64_t kd = slab.kd_lo; kd < slab.kd_lo + slab.kd_count; ++kd) {
           for (int64_t u = kh.lo; u < kh.hi; ++u) {
@@ -259,12 +324,9 @@ void forward(const Geometry& g, const scalar_t* x, const scalar_t* w, scalar_t* 
           block(channels, kw_const, s_const, c, j0, w_task + (oh - oh0) * OW + j0, out_volume);
         }
         if (fetch && ow_full < OW) prefetch_line_per_row(w_next + OW - 1, taps, out_volume);
-        if (ow_full < OW && tail_in_place) {
-          block(channels, kw_const, s_const, c, ow_full, w_task + (oh - oh0) * OW + ow_full,
-                out_volume);
-        } else if (ow_full < OW) {
-          block(channels, kw_const, s_const, c, ow_full, w_tail.data() + (oh - oh0) * Lanes,
-                kRowsPerTask * Lanes);
+        if (ow_full < OW) {
+          const auto tail = w_tail.partial(oh - oh0);
+          block(channels, kw_const, s_const, c, ow_full, tail.data, tail.plane_stride);
         }
       };
       auto channel_blocks = [&](auto kw_const, auto s_const) {
@@ -273,14 +335,7 @@ void forward(const Geometry& g, const scalar_t* x, const scalar_t* w, scalar_t* 
         for (; c + CB <= cpg; c += CB) columns(std::integral_constant<int, CB>(), kw_const, s_const, c);
         for (; c < cpg; ++c) columns(std::integral_constant<int, 1>(), kw_const, s_const, c);
       };
-      using I0 = std::integral_constant<int, 0>;
-      using I1 = std::integral_constant<int, 1>;
-      using I2 = std::integral_constant<int, 2>;
-      if (KW == 7 && unit) channel_blocks(std::integral_constant<int, 7>(), I1());
-      else if (KW == 7 && phase2) channel_blocks(std::integral_constant<int, 7>(), I2());
-      else if (KW == 3 && unit) channel_blocks(std::integral_constant<int, 3>(), I1());
-      else if (KW == 3 && phase2) channel_blocks(std::integral_constant<int, 3>(), I2());
-      else channel_blocks(I0(), I0());
+      with_width_shape(g, channel_blocks);
     }
   }
 }
@@ -289,39 +344,23 @@ template <typename scalar_t, typename acc_t, int Lanes>
 void backward_weight(const Geometry& g, const scalar_t* grad_y, const scalar_t* x,
                      scalar_t* grad_w, int64_t begin, int64_t end) {
   using V = typename Simd<acc_t, Lanes>::type;
-  const int64_t OD = g.out[0], OH = g.out[1], OW = g.out[2];
+  const int64_t OH = g.out[1], OW = g.out[2];
   const int64_t KD = g.kernel[0], KH = g.kernel[1], KW = g.kernel[2];
   const int64_t cpg = g.channels_per_group(), taps = g.taps(), out_volume = g.out_volume();
-  const int64_t blocks = ceil_div(OH, kRowsPerTask);
-  const bool unit = g.stride[2] == 1 && g.dilation[2] == 1;
-  const bool phase2 = g.stride[2] == 2 && g.dilation[2] == 1;
 
-  // grad_output is read in place, as the weights are in forward(): its last, partial block of
-  // Lanes columns reads into the next row, except in the last task, which reads a zero-padded
-  // copy of that block, [channel][row][Lanes], instead of past the end of grad_output.
-  const int64_t ow_full = OW - OW % Lanes;
-  const int64_t gy_numel = g.batch * g.channels * out_volume;
+  // grad_output is read in place, as the weights are in forward(), one plane per channel.
+  PartialBlocks<scalar_t, Lanes> gy_tail(grad_y, g.batch * g.channels * out_volume, OW, cpg,
+                                         out_volume);
+  const int64_t ow_full = gy_tail.full;
   InputSlab<acc_t, Lanes> slab;
-  std::vector<scalar_t> gy_tail(ow_full < OW ? cpg * kRowsPerTask * Lanes : 0, scalar_t(0));
   std::vector<acc_t> edge_grad(round_up(OW, Lanes), acc_t(0));
 
   for (int64_t task = begin; task < end; ++task) {
-    const int64_t oh0 = (task % blocks) * kRowsPerTask, oh1 = std::min(OH, oh0 + kRowsPerTask);
-    const int64_t od = (task / blocks) % OD, bg = task / (blocks * OD);
-    const int64_t c0 = (bg / g.groups) * g.channels + (bg % g.groups) * cpg;
+    const RowBlock rb = output_row_block(g, task);
+    const int64_t oh0 = rb.row0, oh1 = rb.row1, od = rb.depth, bg = rb.bg, c0 = rb.c0;
     slab.stage(g, x, c0, cpg, od, oh0, oh1);
     const scalar_t* gy_task = grad_y + c0 * out_volume + (od * OH + oh0) * OW;
-    const bool tail_in_place =
-        (gy_task - grad_y) + (cpg - 1) * out_volume + (oh1 - 1 - oh0) * OW + ow_full + Lanes <=
-        gy_numel;
-    if (ow_full < OW && !tail_in_place) {
-      for (int64_t c = 0; c < cpg; ++c) {
-        for (int64_t r = 0; r < oh1 - oh0; ++r) {
-          std::memcpy(gy_tail.data() + (c * kRowsPerTask + r) * Lanes,
-                      gy_task + c * out_volume + r * OW + ow_full, (OW - ow_full) * sizeof(scalar_t));
-        }
-      }
-    }
+    gy_tail.start(gy_task, oh1 - oh0);
     scalar_t* gw_task = grad_w + bg * taps * out_volume + od * OH * OW;
     const int64_t phase_len = slab.phase_len;
 
@@ -369,7 +408,9 @@ void backward_weight(const Geometry& g, const scalar_t* grad_y, const scalar_t* 
               off[tb] = Sc == 1 ? v : Sc == 2 ? (v % 2) * phase_len + v / 2 : slab.column_offset[v];
             }
             V acc[NT];
-            for (int tb = 0; tb < NT; ++tb) acc[tb] = V{};
+            for (int tb = 0; tb < NT; ++tb) acc[tb] = V{};  // not `= {}`: see forward()
+            // Unrolled by 2: two channels share the loop's counter and pointer updates (fewer
+            // instructions per multiply-add).
 #pragma GCC unroll 2
             for (int64_t c = 0; c < cpg; ++c) {
               const V gv = load_as<V>(gy + c * gy_channel_stride);
@@ -383,32 +424,32 @@ void backward_weight(const Geometry& g, const scalar_t* grad_y, const scalar_t* 
               for (int tb = 0; tb < NT; ++tb) store(gw_row + (v0 + tb) * out_volume + j0, acc[tb], count);
             }
           };
-          auto row_taps = [&](auto s_const, int64_t j0, const scalar_t* gy, int64_t gy_stride) {
+          // All taps of the row in one block where the width geometry is fixed; else blocks of
+          // 8, 4 and 1 taps.
+          auto row_taps = [&](auto kw_const, auto s_const, int64_t j0, const scalar_t* gy,
+                              int64_t gy_stride) {
             using std::integral_constant;
-            if (KW == 7 && s_const.value > 0) {
-              block(integral_constant<int, 7>(), s_const, 0, j0, gy, gy_stride);
-            } else if (KW == 3 && s_const.value > 0) {
-              block(integral_constant<int, 3>(), s_const, 0, j0, gy, gy_stride);
+            if constexpr (decltype(kw_const)::value > 0) {
+              block(kw_const, s_const, 0, j0, gy, gy_stride);
             } else {
               int64_t v = 0;
-              for (; v + 8 <= KW; v += 8) block(integral_constant<int, 8>(), s_const, v, j0, gy, gy_stride);
-              for (; v + 4 <= KW; v += 4) block(integral_constant<int, 4>(), s_const, v, j0, gy, gy_stride);
+              for (; v + 8 <= KW; v += 8)
+                block(integral_constant<int, 8>(), s_const, v, j0, gy, gy_stride);
+              for (; v + 4 <= KW; v += 4)
+                block(integral_constant<int, 4>(), s_const, v, j0, gy, gy_stride);
               for (; v < KW; ++v) block(integral_constant<int, 1>(), s_const, v, j0, gy, gy_stride);
             }
           };
-          auto columns = [&](auto s_const) {
+          auto columns = [&](auto kw_const, auto s_const) {
             for (int64_t j0 = 0; j0 < ow_full; j0 += Lanes) {
-              row_taps(s_const, j0, gy_task + (oh - oh0) * OW + j0, out_volume);
+              row_taps(kw_const, s_const, j0, gy_task + (oh - oh0) * OW + j0, out_volume);
             }
-            if (ow_full < OW && tail_in_place) {
-              row_taps(s_const, ow_full, gy_task + (oh - oh0) * OW + ow_full, out_volume);
-            } else if (ow_full < OW) {
-              row_taps(s_const, ow_full, gy_tail.data() + (oh - oh0) * Lanes, kRowsPerTask * Lanes);
+            if (ow_full < OW) {
+              const auto tail = gy_tail.partial(oh - oh0);
+              row_taps(kw_const, s_const, ow_full, tail.data, tail.plane_stride);
             }
           };
-          if (unit) columns(std::integral_constant<int, 1>());
-          else if (phase2) columns(std::integral_constant<int, 2>());
-          else columns(std::integral_constant<int, 0>());
+          with_width_shape(g, columns);
         }
       }
     }
@@ -429,14 +470,13 @@ void backward_input(const Geometry& g, const scalar_t* grad_y, const scalar_t* w
                     scalar_t* grad_x, int64_t begin, int64_t end) {
   using V = typename Simd<acc_t, Lanes>::type;
   constexpr int CB = 8;  // channels sharing each weight load (and independent accumulators)
-  const int64_t D = g.in[0], H = g.in[1], W = g.in[2];
+  const int64_t H = g.in[1], W = g.in[2];
   const int64_t OD = g.out[0], OH = g.out[1], OW = g.out[2];
   const int64_t KD = g.kernel[0], KH = g.kernel[1], KW = g.kernel[2];
   const int64_t sd = g.stride[0], sh = g.stride[1], s = g.stride[2];
   const int64_t p = g.padding[2], d = g.dilation[2];
   const int64_t cpg = g.channels_per_group(), taps = g.taps();
   const int64_t in_volume = g.in_volume(), out_volume = g.out_volume();
-  const int64_t blocks = ceil_div(H, kRowsPerTask);
 
   // The taps of each phase: (kw, e) for phase_taps[phase_begin[r], phase_begin[r + 1]).
   struct PhaseTap {
@@ -462,7 +502,6 @@ void backward_input(const Geometry& g, const scalar_t* grad_y, const scalar_t* w
   // Slots [left, left + n) hold the row, at the same place in every staged row, so the zeros
   // around them are written once, when the buffers are allocated. Later columns are never read.
   const int64_t n = std::min(OW, len - left);
-  const bool unit = s == 1 && d == 1;  // phase 0 only, taps kw = 0.. with e = p - kw
 
   // grad_output rows read by a block of input rows, [channel][kd][output row][len].
   const int64_t max_out_rows = (kRowsPerTask - 1 + (KH - 1) * g.dilation[1]) / sh + 1;
@@ -479,9 +518,8 @@ void backward_input(const Geometry& g, const scalar_t* grad_y, const scalar_t* w
   std::vector<TapRow> tap_rows;
 
   for (int64_t task = begin; task < end; ++task) {
-    const int64_t ih0 = (task % blocks) * kRowsPerTask, ih1 = std::min(H, ih0 + kRowsPerTask);
-    const int64_t id = (task / blocks) % D, bg = task / (blocks * D);
-    const int64_t c0 = (bg / g.groups) * g.channels + (bg % g.groups) * cpg;
+    const RowBlock rb = input_row_block(g, task);
+    const int64_t ih0 = rb.row0, ih1 = rb.row1, id = rb.depth, bg = rb.bg, c0 = rb.c0;
 
     // Output depths that read input depth id, and output rows that read rows [ih0, ih1).
     for (int64_t kd = 0; kd < KD; ++kd) {
@@ -539,8 +577,8 @@ void backward_input(const Geometry& g, const scalar_t* grad_y, const scalar_t* w
       // Phase r, slots [m0, m0 + Lanes), channels [c, c + NB).
       auto block = [&](auto channels, auto kw_const, int64_t c, int64_t r, int64_t m0, V* acc) {
         constexpr int NB = decltype(channels)::value;
-        constexpr int KWc = decltype(kw_const)::value;  // > 0: unit stride and dilation, KW == KWc
-        for (int cb = 0; cb < NB; ++cb) acc[cb] = V{};
+        constexpr int KWc = decltype(kw_const)::value;  // > 0: stride 1, dilation 1, KW == KWc
+        for (int cb = 0; cb < NB; ++cb) acc[cb] = V{};  // not `= {}`: see forward()
         for (const TapRow& tr : tap_rows) {
           const acc_t* gy_row = gy_staged.data() + c * gy_channel_stride + tr.gy + left + m0;
           const acc_t* w_row = w_staged.data() + tr.w + left + m0;
@@ -600,12 +638,18 @@ void backward_input(const Geometry& g, const scalar_t* grad_y, const scalar_t* w
       };
       auto channel_blocks = [&](auto kw_const) {
         int64_t c = 0;
-        for (; c + CB <= cpg; c += CB) channel_block(std::integral_constant<int, CB>(), kw_const, c);
+        for (; c + CB <= cpg; c += CB)
+          channel_block(std::integral_constant<int, CB>(), kw_const, c);
         for (; c < cpg; ++c) channel_block(std::integral_constant<int, 1>(), kw_const, c);
       };
-      if (unit && KW == 7) channel_blocks(std::integral_constant<int, 7>());
-      else if (unit && KW == 3) channel_blocks(std::integral_constant<int, 3>());
-      else channel_blocks(std::integral_constant<int, 0>());
+      // Unit stride (phase 0 only, taps kw = 0.. at e = p - kw) unrolls the taps; strided
+      // rows take each phase's taps from phase_taps.
+      with_width_shape(g, [&](auto kw_const, auto s_const) {
+        if constexpr (decltype(s_const)::value == 1)
+          channel_blocks(kw_const);
+        else
+          channel_blocks(std::integral_constant<int, 0>());
+      });
     }
   }
 }
