@@ -15,7 +15,8 @@ namespace {
 const char* const kAxisNames[2][3] = {{"H", "W", ""}, {"D", "H", "W"}};
 
 // "(B, C, H, W)", "(B, C, OH, OW)" and "(B, G, KH, KW, OH, OW)" and their 3-D forms, for messages.
-std::string axes_layout(int64_t dims, const std::string& lead, const std::vector<std::string>& prefixes) {
+std::string axes_layout(int64_t dims, const std::string& lead,
+                        const std::vector<std::string>& prefixes) {
   std::string s = "(B, " + lead;
   for (const auto& prefix : prefixes) {
     for (int64_t i = 0; i < dims; ++i) s += ", " + prefix + kAxisNames[dims - 2][i];
@@ -29,8 +30,9 @@ std::string features_layout(int64_t dims, const char* prefix) {
 
 std::string weight_layout(int64_t dims) { return axes_layout(dims, "G", {"K", "O"}); }
 
-void check_params(const char* op, int64_t dims, at::IntArrayRef stride, at::IntArrayRef padding,
-                  at::IntArrayRef dilation) {
+void check_window(const char* op, int64_t dims, const Window& window) {
+  const at::IntArrayRef stride = window.stride, padding = window.padding,
+                        dilation = window.dilation;
   const std::pair<const char*, at::IntArrayRef> params[] = {
       {"stride", stride}, {"padding", padding}, {"dilation", dilation}};
   for (const auto& [name, value] : params) {
@@ -40,8 +42,8 @@ void check_params(const char* op, int64_t dims, at::IntArrayRef stride, at::IntA
   for (int64_t i = 0; i < dims; ++i) {
     TORCH_CHECK(stride[i] >= 1, op, ": expected stride >= 1 on every axis, but got stride ",
                 stride);
-    TORCH_CHECK(dilation[i] >= 1, op,
-                ": expected dilation >= 1 on every axis, but got dilation ", dilation);
+    TORCH_CHECK(dilation[i] >= 1, op, ": expected dilation >= 1 on every axis, but got dilation ",
+                dilation);
     TORCH_CHECK(padding[i] >= 0, op, ": expected padding >= 0 on every axis, but got padding ",
                 padding);
   }
@@ -69,11 +71,10 @@ void check_same_kind(const char* op, const char* name_a, const at::Tensor& a, co
 
 void check_groups(const char* op, const c10::SymInt& channels, const c10::SymInt& groups,
                   const char* groups_source) {
-  TORCH_CHECK(groups >= 1, op, ": expected at least 1 group, but got ", groups, " (",
-              groups_source, ")");
-  TORCH_CHECK(channels % groups == 0, op, ": expected the number of channels (", channels,
-              ") to be divisible by the number of groups (", groups, ", ", groups_source,
+  TORCH_CHECK(groups >= 1, op, ": expected at least 1 group, but got ", groups, " (", groups_source,
               ")");
+  TORCH_CHECK(channels % groups == 0, op, ": expected the number of channels (", channels,
+              ") to be divisible by the number of groups (", groups, ", ", groups_source, ")");
 }
 
 // Output size per spatial axis: the conv formula. Throws if the dilated kernel does not fit in
@@ -81,8 +82,9 @@ void check_groups(const char* op, const c10::SymInt& channels, const c10::SymInt
 // not fit in int64 (it would wrap around and give a wrong size). Symbolic input sizes (under
 // torch.compile/torch.export) are checked when they become concrete, in the real kernels.
 std::vector<c10::SymInt> output_size(const char* op, int64_t dims, c10::SymIntArrayRef in,
-                                     c10::SymIntArrayRef kernel, at::IntArrayRef stride,
-                                     at::IntArrayRef padding, at::IntArrayRef dilation) {
+                                     c10::SymIntArrayRef kernel, const Window& window) {
+  const at::IntArrayRef stride = window.stride, padding = window.padding,
+                        dilation = window.dilation;
   std::vector<c10::SymInt> out;
   out.reserve(dims);
   for (int64_t i = 0; i < dims; ++i) {
@@ -129,25 +131,25 @@ std::vector<c10::SymInt> output_size(const char* op, int64_t dims, c10::SymIntAr
 // expected size came from.
 void check_output_size(const char* op, const char* what, c10::SymIntArrayRef actual,
                        const std::vector<c10::SymInt>& expected, c10::SymIntArrayRef in,
-                       c10::SymIntArrayRef kernel, at::IntArrayRef stride,
-                       at::IntArrayRef padding, at::IntArrayRef dilation) {
+                       c10::SymIntArrayRef kernel, const Window& window) {
+  const at::IntArrayRef stride = window.stride, padding = window.padding,
+                        dilation = window.dilation;
   bool same = actual.size() == expected.size();
   for (size_t i = 0; same && i < expected.size(); ++i) same = actual[i] == expected[i];
   TORCH_CHECK(same, op, ": ", what, " ", actual, " does not match the output size ",
-              c10::SymIntArrayRef(expected), " given by input size ", in, ", kernel size ",
-              kernel, ", stride ", stride, ", padding ", padding, " and dilation ", dilation,
+              c10::SymIntArrayRef(expected), " given by input size ", in, ", kernel size ", kernel,
+              ", stride ", stride, ", padding ", padding, " and dilation ", dilation,
               " (O = (I + 2*padding - dilation*(K-1) - 1) // stride + 1)");
 }
 
 }  // namespace
 
 std::vector<c10::SymInt> check_forward(const char* op, int64_t dims, const at::Tensor& input,
-                                       const at::Tensor& weight, at::IntArrayRef stride,
-                                       at::IntArrayRef padding, at::IntArrayRef dilation) {
+                                       const at::Tensor& weight, const Window& window) {
   check_tensor(op, "input", input, dims + 2, features_layout(dims, ""));
   check_tensor(op, "weight", weight, 2 * dims + 2, weight_layout(dims));
   check_same_kind(op, "input", input, "weight", weight);
-  check_params(op, dims, stride, padding, dilation);
+  check_window(op, dims, window);
 
   const auto x = input.sym_sizes();
   const auto w = weight.sym_sizes();
@@ -156,9 +158,8 @@ std::vector<c10::SymInt> check_forward(const char* op, int64_t dims, const at::T
   check_groups(op, x[1], w[1], "weight.size(1)");
   const auto in = x.slice(2);
   const auto kernel = w.slice(2, dims);
-  const auto out = output_size(op, dims, in, kernel, stride, padding, dilation);
-  check_output_size(op, "weight's output size", w.slice(2 + dims), out, in, kernel, stride,
-                    padding, dilation);
+  const auto out = output_size(op, dims, in, kernel, window);
+  check_output_size(op, "weight's output size", w.slice(2 + dims), out, in, kernel, window);
 
   std::vector<c10::SymInt> sizes = {x[0], x[1]};
   sizes.insert(sizes.end(), out.begin(), out.end());
@@ -169,14 +170,13 @@ std::vector<c10::SymInt> check_backward_input(const char* op, int64_t dims,
                                               const at::Tensor& grad_output,
                                               const at::Tensor& weight,
                                               c10::SymIntArrayRef input_size,
-                                              at::IntArrayRef stride, at::IntArrayRef padding,
-                                              at::IntArrayRef dilation) {
+                                              const Window& window) {
   check_tensor(op, "grad_output", grad_output, dims + 2, features_layout(dims, "O"));
   check_tensor(op, "weight", weight, 2 * dims + 2, weight_layout(dims));
   check_same_kind(op, "grad_output", grad_output, "weight", weight);
-  check_params(op, dims, stride, padding, dilation);
-  TORCH_CHECK(static_cast<int64_t>(input_size.size()) == dims, op,
-              ": expected input_size to have ", dims, " elements, but got ", input_size);
+  check_window(op, dims, window);
+  TORCH_CHECK(static_cast<int64_t>(input_size.size()) == dims, op, ": expected input_size to have ",
+              dims, " elements, but got ", input_size);
   for (const auto& s : input_size) {
     TORCH_CHECK(s >= 0, op, ": expected input_size >= 0, but got ", input_size);
   }
@@ -189,11 +189,9 @@ std::vector<c10::SymInt> check_backward_input(const char* op, int64_t dims,
               w[0], " and grad_output.size(0) = ", gy[0]);
   check_groups(op, gy[1], w[1], "weight.size(1)");
   const auto kernel = w.slice(2, dims);
-  const auto out = output_size(op, dims, input_size, kernel, stride, padding, dilation);
-  check_output_size(op, "weight's output size", w.slice(2 + dims), out, input_size, kernel,
-                    stride, padding, dilation);
-  check_output_size(op, "grad_output's spatial size", gy.slice(2), out, input_size, kernel,
-                    stride, padding, dilation);
+  const auto out = output_size(op, dims, input_size, kernel, window);
+  check_output_size(op, "weight's output size", w.slice(2 + dims), out, input_size, kernel, window);
+  check_output_size(op, "grad_output's spatial size", gy.slice(2), out, input_size, kernel, window);
 
   std::vector<c10::SymInt> sizes = {gy[0], gy[1]};
   sizes.insert(sizes.end(), input_size.begin(), input_size.end());
@@ -202,14 +200,12 @@ std::vector<c10::SymInt> check_backward_input(const char* op, int64_t dims,
 
 std::vector<c10::SymInt> check_backward_weight(const char* op, int64_t dims,
                                                const at::Tensor& grad_output,
-                                               const at::Tensor& input,
-                                               at::IntArrayRef kernel_size, int64_t groups,
-                                               at::IntArrayRef stride, at::IntArrayRef padding,
-                                               at::IntArrayRef dilation) {
+                                               const at::Tensor& input, at::IntArrayRef kernel_size,
+                                               int64_t groups, const Window& window) {
   check_tensor(op, "grad_output", grad_output, dims + 2, features_layout(dims, "O"));
   check_tensor(op, "input", input, dims + 2, features_layout(dims, ""));
   check_same_kind(op, "grad_output", grad_output, "input", input);
-  check_params(op, dims, stride, padding, dilation);
+  check_window(op, dims, window);
   TORCH_CHECK(static_cast<int64_t>(kernel_size.size()) == dims, op,
               ": expected kernel_size to have ", dims, " elements, but got ", kernel_size);
 
@@ -222,9 +218,8 @@ std::vector<c10::SymInt> check_backward_weight(const char* op, int64_t dims,
   check_groups(op, x[1], c10::SymInt(groups), "groups");
   const auto in = x.slice(2);
   const auto kernel = c10::fromIntArrayRefSlow(kernel_size);
-  const auto out = output_size(op, dims, in, kernel, stride, padding, dilation);
-  check_output_size(op, "grad_output's spatial size", gy.slice(2), out, in, kernel, stride,
-                    padding, dilation);
+  const auto out = output_size(op, dims, in, kernel, window);
+  check_output_size(op, "grad_output's spatial size", gy.slice(2), out, in, kernel, window);
 
   std::vector<c10::SymInt> sizes = {x[0], c10::SymInt(groups)};
   sizes.insert(sizes.end(), kernel.begin(), kernel.end());
@@ -233,7 +228,7 @@ std::vector<c10::SymInt> check_backward_weight(const char* op, int64_t dims,
 }
 
 Geometry make_geometry(int64_t dims, at::IntArrayRef features, at::IntArrayRef weight_sizes,
-                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+                       const Window& window) {
   Geometry g;
   g.batch = features[0];
   g.channels = features[1];
@@ -243,9 +238,9 @@ Geometry make_geometry(int64_t dims, at::IntArrayRef features, at::IntArrayRef w
     g.in[first + i] = features[2 + i];
     g.kernel[first + i] = weight_sizes[2 + i];
     g.out[first + i] = weight_sizes[2 + dims + i];
-    g.stride[first + i] = stride[i];
-    g.padding[first + i] = padding[i];
-    g.dilation[first + i] = dilation[i];
+    g.stride[first + i] = window.stride[i];
+    g.padding[first + i] = window.padding[i];
+    g.dilation[first + i] = window.dilation[i];
   }
   return g;
 }

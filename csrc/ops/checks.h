@@ -17,6 +17,12 @@
 namespace involution {
 namespace detail {
 
+// The stride, padding and dilation of a call, one element per spatial axis, as the op's schema
+// passes them. A view: it lives as long as the call's arguments.
+struct Window {
+  at::IntArrayRef stride, padding, dilation;
+};
+
 // Throws c10::Error naming `name` if `t` is undefined (None in Python). The autograd and
 // autocast kernels call it first: they run before the device kernels' checks and would otherwise
 // fail with "tensor does not have a device", naming no argument.
@@ -28,29 +34,24 @@ inline void check_defined(const char* op, const char* name, const at::Tensor& t)
 // Output sizes (B, C, O...) of the forward op; throws c10::Error naming what was expected and
 // what came if any argument is invalid.
 std::vector<c10::SymInt> check_forward(const char* op, int64_t dims, const at::Tensor& input,
-                                       const at::Tensor& weight, at::IntArrayRef stride,
-                                       at::IntArrayRef padding, at::IntArrayRef dilation);
+                                       const at::Tensor& weight, const Window& window);
 
 // Sizes (B, C, I...) of the input gradient.
 std::vector<c10::SymInt> check_backward_input(const char* op, int64_t dims,
                                               const at::Tensor& grad_output,
                                               const at::Tensor& weight,
-                                              c10::SymIntArrayRef input_size,
-                                              at::IntArrayRef stride, at::IntArrayRef padding,
-                                              at::IntArrayRef dilation);
+                                              c10::SymIntArrayRef input_size, const Window& window);
 
 // Sizes (B, G, K..., O...) of the weight gradient.
 std::vector<c10::SymInt> check_backward_weight(const char* op, int64_t dims,
                                                const at::Tensor& grad_output,
-                                               const at::Tensor& input,
-                                               at::IntArrayRef kernel_size, int64_t groups,
-                                               at::IntArrayRef stride, at::IntArrayRef padding,
-                                               at::IntArrayRef dilation);
+                                               const at::Tensor& input, at::IntArrayRef kernel_size,
+                                               int64_t groups, const Window& window);
 
 // The concrete geometry of a checked problem, for the kernels. `features` is (B, C, I...) and
 // `weight_sizes` is (B, G, K..., O...); both must already have passed one of the checks above.
 Geometry make_geometry(int64_t dims, at::IntArrayRef features, at::IntArrayRef weight_sizes,
-                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation);
+                       const Window& window);
 
 }  // namespace detail
 }  // namespace involution

@@ -16,46 +16,22 @@ at::Tensor empty_with_sizes(const std::vector<c10::SymInt>& sizes, const at::Ten
 }  // namespace
 
 Prepared prepare_forward(const char* op, int64_t dims, const at::Tensor& input,
-                         const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
-                         at::IntArrayRef dilation) {
+                         const at::Tensor& weight, const Window& window) {
   Prepared p;
-  p.out =
-      empty_with_sizes(check_forward(op, dims, input, weight, stride, padding, dilation), input);
+  p.out = empty_with_sizes(check_forward(op, dims, input, weight, window), input);
   if (p.out.numel() == 0) return p;
   p.a = input.contiguous();
   p.b = weight.contiguous();
-  p.g = make_geometry(dims, p.a.sizes(), p.b.sizes(), stride, padding, dilation);
+  p.g = make_geometry(dims, p.a.sizes(), p.b.sizes(), window);
   p.work = true;
   return p;
 }
 
 Prepared prepare_backward_input(const char* op, int64_t dims, const at::Tensor& grad_output,
                                 const at::Tensor& weight, c10::SymIntArrayRef input_size,
-                                at::IntArrayRef stride, at::IntArrayRef padding,
-                                at::IntArrayRef dilation) {
+                                const Window& window) {
   Prepared p;
-  p.out = empty_with_sizes(
-      check_backward_input(op, dims, grad_output, weight, input_size, stride, padding, dilation),
-      grad_output);
-  if (p.out.numel() == 0) return p;
-  if (grad_output.numel() == 0) {
-    p.out.zero_();
-    return p;
-  }
-  p.a = grad_output.contiguous();
-  p.b = weight.contiguous();
-  p.g = make_geometry(dims, p.out.sizes(), p.b.sizes(), stride, padding, dilation);
-  p.work = true;
-  return p;
-}
-
-Prepared prepare_backward_weight(const char* op, int64_t dims, const at::Tensor& grad_output,
-                                 const at::Tensor& input, at::IntArrayRef kernel_size,
-                                 int64_t groups, at::IntArrayRef stride, at::IntArrayRef padding,
-                                 at::IntArrayRef dilation) {
-  Prepared p;
-  p.out = empty_with_sizes(check_backward_weight(op, dims, grad_output, input, kernel_size, groups,
-                                                 stride, padding, dilation),
+  p.out = empty_with_sizes(check_backward_input(op, dims, grad_output, weight, input_size, window),
                            grad_output);
   if (p.out.numel() == 0) return p;
   if (grad_output.numel() == 0) {
@@ -63,8 +39,27 @@ Prepared prepare_backward_weight(const char* op, int64_t dims, const at::Tensor&
     return p;
   }
   p.a = grad_output.contiguous();
+  p.b = weight.contiguous();
+  p.g = make_geometry(dims, p.out.sizes(), p.b.sizes(), window);
+  p.work = true;
+  return p;
+}
+
+Prepared prepare_backward_weight(const char* op, int64_t dims, const at::Tensor& grad_output,
+                                 const at::Tensor& input, at::IntArrayRef kernel_size,
+                                 int64_t groups, const Window& window) {
+  Prepared p;
+  p.out = empty_with_sizes(
+      check_backward_weight(op, dims, grad_output, input, kernel_size, groups, window),
+      grad_output);
+  if (p.out.numel() == 0) return p;
+  if (grad_output.numel() == 0) {
+    p.out.zero_();
+    return p;
+  }
+  p.a = grad_output.contiguous();
   p.b = input.contiguous();
-  p.g = make_geometry(dims, p.b.sizes(), p.out.sizes(), stride, padding, dilation);
+  p.g = make_geometry(dims, p.b.sizes(), p.out.sizes(), window);
   p.work = true;
   return p;
 }

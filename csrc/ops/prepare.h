@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/SymInt.h>
 
+#include "checks.h"
 #include "geometry.h"
 
 namespace involution {
@@ -20,18 +21,15 @@ struct Prepared {
 };
 
 Prepared prepare_forward(const char* op, int64_t dims, const at::Tensor& input,
-                         const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
-                         at::IntArrayRef dilation);
+                         const at::Tensor& weight, const Window& window);
 
 Prepared prepare_backward_input(const char* op, int64_t dims, const at::Tensor& grad_output,
                                 const at::Tensor& weight, c10::SymIntArrayRef input_size,
-                                at::IntArrayRef stride, at::IntArrayRef padding,
-                                at::IntArrayRef dilation);
+                                const Window& window);
 
 Prepared prepare_backward_weight(const char* op, int64_t dims, const at::Tensor& grad_output,
                                  const at::Tensor& input, at::IntArrayRef kernel_size,
-                                 int64_t groups, at::IntArrayRef stride, at::IntArrayRef padding,
-                                 at::IntArrayRef dilation);
+                                 int64_t groups, const Window& window);
 
 }  // namespace detail
 }  // namespace involution

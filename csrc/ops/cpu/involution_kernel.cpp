@@ -141,8 +141,8 @@ using detail::OpFamily;
 template <int64_t Dims>
 at::Tensor forward_cpu(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
                        at::IntArrayRef padding, at::IntArrayRef dilation) {
-  const auto p =
-      detail::prepare_forward(OpFamily<Dims>::name, Dims, input, weight, stride, padding, dilation);
+  const auto p = detail::prepare_forward(OpFamily<Dims>::name, Dims, input, weight,
+                                         {stride, padding, dilation});
   if (p.work) {
     run(p.g, output_row_tasks(p.g), p.g.out[2], p.a, p.b, p.out, Pass::forward);
   }
@@ -155,7 +155,7 @@ at::Tensor backward_input_cpu(const at::Tensor& grad_output, const at::Tensor& w
                               at::IntArrayRef padding, at::IntArrayRef dilation) {
   const auto p =
       detail::prepare_backward_input(OpFamily<Dims>::backward_input_name, Dims, grad_output, weight,
-                                     input_size, stride, padding, dilation);
+                                     input_size, {stride, padding, dilation});
   if (p.work) {
     run(p.g, input_row_tasks(p.g), p.g.in[2], p.a, p.b, p.out, Pass::backward_input);
   }
@@ -168,7 +168,7 @@ at::Tensor backward_weight_cpu(const at::Tensor& grad_output, const at::Tensor& 
                                at::IntArrayRef padding, at::IntArrayRef dilation) {
   const auto p =
       detail::prepare_backward_weight(OpFamily<Dims>::backward_weight_name, Dims, grad_output,
-                                      input, kernel_size, groups, stride, padding, dilation);
+                                      input, kernel_size, groups, {stride, padding, dilation});
   if (p.work) {
     run(p.g, output_row_tasks(p.g), p.g.out[2], p.a, p.b, p.out, Pass::backward_weight);
   }

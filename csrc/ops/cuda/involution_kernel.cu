@@ -136,8 +136,8 @@ void backward_weight(const detail::Prepared& p) {
 template <int64_t Dims>
 at::Tensor forward_cuda(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
                         at::IntArrayRef padding, at::IntArrayRef dilation) {
-  const auto p =
-      detail::prepare_forward(OpFamily<Dims>::name, Dims, input, weight, stride, padding, dilation);
+  const auto p = detail::prepare_forward(OpFamily<Dims>::name, Dims, input, weight,
+                                         {stride, padding, dilation});
   if (p.work) {
     check_limits(OpFamily<Dims>::name, p.g);
     const c10::cuda::CUDAGuard guard(p.out.device());
@@ -152,7 +152,7 @@ at::Tensor backward_input_cuda(const at::Tensor& grad_output, const at::Tensor& 
                                at::IntArrayRef padding, at::IntArrayRef dilation) {
   const auto p =
       detail::prepare_backward_input(OpFamily<Dims>::backward_input_name, Dims, grad_output, weight,
-                                     input_size, stride, padding, dilation);
+                                     input_size, {stride, padding, dilation});
   if (p.work) {
     check_limits(OpFamily<Dims>::backward_input_name, p.g);
     const c10::cuda::CUDAGuard guard(p.out.device());
@@ -167,7 +167,7 @@ at::Tensor backward_weight_cuda(const at::Tensor& grad_output, const at::Tensor&
                                 at::IntArrayRef padding, at::IntArrayRef dilation) {
   const auto p =
       detail::prepare_backward_weight(OpFamily<Dims>::backward_weight_name, Dims, grad_output,
-                                      input, kernel_size, groups, stride, padding, dilation);
+                                      input, kernel_size, groups, {stride, padding, dilation});
   if (p.work) {
     check_limits(OpFamily<Dims>::backward_weight_name, p.g);
     const c10::cuda::CUDAGuard guard(p.out.device());

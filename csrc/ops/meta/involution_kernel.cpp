@@ -17,7 +17,7 @@ template <int64_t Dims>
 at::Tensor forward_meta(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
                         at::IntArrayRef padding, at::IntArrayRef dilation) {
   const auto sizes =
-      detail::check_forward(OpFamily<Dims>::name, Dims, input, weight, stride, padding, dilation);
+      detail::check_forward(OpFamily<Dims>::name, Dims, input, weight, {stride, padding, dilation});
   return at::empty_symint(sizes, input.options());
 }
 
@@ -27,7 +27,7 @@ at::Tensor backward_input_meta(const at::Tensor& grad_output, const at::Tensor& 
                                at::IntArrayRef padding, at::IntArrayRef dilation) {
   const auto sizes =
       detail::check_backward_input(OpFamily<Dims>::backward_input_name, Dims, grad_output, weight,
-                                   input_size, stride, padding, dilation);
+                                   input_size, {stride, padding, dilation});
   return at::empty_symint(sizes, grad_output.options());
 }
 
@@ -37,7 +37,7 @@ at::Tensor backward_weight_meta(const at::Tensor& grad_output, const at::Tensor&
                                 at::IntArrayRef padding, at::IntArrayRef dilation) {
   const auto sizes =
       detail::check_backward_weight(OpFamily<Dims>::backward_weight_name, Dims, grad_output, input,
-                                    kernel_size, groups, stride, padding, dilation);
+                                    kernel_size, groups, {stride, padding, dilation});
   return at::empty_symint(sizes, grad_output.options());
 }
 
