@@ -5,7 +5,9 @@ channels_last.
 One worker process per variant (mode, backend, layout) builds every model, warms each up (this
 compiles it), measures each one's peak memory rise over one step (freed heap memory handed back
 first), profiles one step of each RedNet to find the share of time spent in our op, then runs
-interleaved rounds, every model once per round, and reports medians and the rounds' spread.
+interleaved rounds, every model once per round, until each model has run long enough (a 0.3 s
+inference step gets more rounds than a 2 s training step), and reports medians and the rounds'
+interquartile range: one round stalled by a neighbour on the shared host moves neither.
 Freed blocks are kept by the allocator (run.py's malloc settings), as in the op benchmark.
 """
 
@@ -113,6 +115,18 @@ def op_share(step: Callable) -> float:
     return ours / 1e6 / wall
 
 
+MAX_ROUNDS = 60
+
+
+def iqr_spread(times: List[float]) -> float:
+    """The interquartile range over the median: the middle half of the rounds lies within it,
+    whatever one stalled round (a neighbour on the shared host) did."""
+    if len(times) < 2:
+        return 0.0
+    q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive")
+    return (q3 - q1) / statistics.median(times)
+
+
 def models_worker(spec: Dict) -> Dict:
     torch.set_num_threads(spec["threads"])
     mode, backend, layout = spec["variant"]
@@ -126,38 +140,44 @@ def models_worker(spec: Dict) -> Dict:
         out[name]["peak_bytes"] = peak_rise(step, torch.device("cpu"))
         if name.startswith("rednet"):
             out[name]["op_share"] = op_share(step)
+    # Interleaved rounds, every model once per round, until there are at least spec["rounds"]
+    # and each model has run for spec["seconds"] (a 0.3 s inference step gets far more rounds
+    # than a 2 s training step), at most MAX_ROUNDS.
     samples = {name: [] for name in steps}
-    for _ in range(spec["rounds"]):
+    for rounds in range(1, MAX_ROUNDS + 1):
         for name, step in steps.items():
             wake_thread_pool(torch.device("cpu"), spec["threads"])
             start = time.perf_counter()
             step()
             samples[name].append(time.perf_counter() - start)
+        if rounds >= spec["rounds"] and all(sum(t) >= spec["seconds"] for t in samples.values()):
+            break
     for name, times in samples.items():
-        median = statistics.median(times)
-        out[name].update(median_s=median, spread=(max(times) - min(times)) / median)
+        out[name].update(median_s=statistics.median(times), spread=iqr_spread(times),
+                         rounds=len(times))
     return out
 
 
 def run_models(run_worker: Callable, models: List[str], variants: List[tuple], threads: int,
-               rounds: int, step: Callable) -> Dict:
+               rounds: int, seconds: float, step: Callable) -> Dict:
     rows = []
     for variant in variants:
         step("models " + " ".join(variant))
         rows.append({"variant": variant, "models": run_worker({
             "kind": "models", "variant": variant, "models": models, "threads": threads,
-            "rounds": rounds})})
-    return {"models": models, "threads": threads, "rounds": rounds, "rows": rows,
-            "torch": torch.__version__}
+            "rounds": rounds, "seconds": seconds})})
+    return {"models": models, "threads": threads, "rounds": rounds, "seconds": seconds,
+            "rows": rows, "torch": torch.__version__}
 
 
 def format_models(result: Dict) -> str:
     models = result["models"]
     header = (f"end to end: batch {BATCH}, 224x224, float32, CPU, {result['threads']} threads, "
-              f"torch {result['torch']}; images/s (higher is better), medians of "
-              f"{result['rounds']} interleaved rounds (every model once per round), with the "
-              f"rounds' (max - min) / median")
-    cols = f"{'mode':<9} {'backend':<7} {'layout':<13} | " + " ".join(
+              f"torch {result['torch']}; images/s (higher is better): the median of interleaved "
+              f"rounds (every model once per round; at least {result['rounds']} rounds and "
+              f"{result['seconds']:g} s of steps per model), ± the rounds' interquartile range "
+              f"over the median")
+    cols = f"{'mode':<9} {'backend':<7} {'layout':<13} | {'rounds':>6} | " + " ".join(
         f"{m:>16}" for m in models) + " | peak MiB: " + " ".join(models) + " | in our op: " + (
         " ".join(m for m in models if m.startswith("rednet")))
     lines = [header, "", cols, "-" * len(cols)]
@@ -165,6 +185,7 @@ def format_models(result: Dict) -> str:
         r = row["models"]
         lines.append(
             f"{row['variant'][0]:<9} {row['variant'][1]:<7} {row['variant'][2]:<13} | "
+            f"{r[models[0]]['rounds']:>6} | "
             + " ".join(f"{BATCH / r[m]['median_s']:>9.2f} ±{100 * r[m]['spread']:>4.1f}%"
                        for m in models) + " | "
             + " ".join(f"{r[m]['peak_bytes'] / 2 ** 20:.0f}" for m in models) + " | "

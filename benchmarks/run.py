@@ -185,7 +185,10 @@ def parse_args(argv):
                              "224x224, CPU; see endtoend.py)")
     parser.add_argument("--models-only", action="store_true", help="the models alone")
     parser.add_argument("--model-names", default=",".join(endtoend.MODELS))
-    parser.add_argument("--model-rounds", type=int, default=5)
+    parser.add_argument("--model-rounds", type=int, default=5,
+                        help="at least this many interleaved rounds per variant")
+    parser.add_argument("--model-seconds", type=float, default=8.0,
+                        help="and at least this many seconds of timed steps per model")
     parser.add_argument("--model-backends", default="eager,compile")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--plot", metavar="PNG", help="also plot peer ratios and floor ratios")
@@ -263,7 +266,7 @@ def main(argv=None) -> int:
         deployed = run_onnxruntime(args, shapes, threads, step) if args.onnxruntime else None
     if models:
         end_to_end = endtoend.run_models(run_worker, models, variants, threads[0],
-                                         args.model_rounds, step)
+                                         args.model_rounds, args.model_seconds, step)
     progress(total, total, "done")
 
     checks = report.check_targets(results, comparison, args) if results else []

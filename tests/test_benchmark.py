@@ -147,10 +147,21 @@ def test_models_benchmark_runs(tmp_path):
     import endtoend
 
     out = endtoend.models_worker({"variant": ["inference", "eager", "channels_last"],
-                                  "models": ["rednet26"], "threads": 1, "rounds": 1})
+                                  "models": ["rednet26"], "threads": 1, "rounds": 2,
+                                  "seconds": 0.0})
     assert out["rednet26"]["median_s"] > 0 and 0 < out["rednet26"]["op_share"] < 1
-    table = endtoend.format_models({"models": ["rednet26"], "threads": 1, "rounds": 1,
-                                    "torch": "x", "rows": [{
+    assert out["rednet26"]["rounds"] == 2 and out["rednet26"]["spread"] >= 0
+    table = endtoend.format_models({"models": ["rednet26"], "threads": 1, "rounds": 2,
+                                    "seconds": 0.0, "torch": "x", "rows": [{
                                         "variant": ["inference", "eager", "channels_last"],
                                         "models": out}]})
     assert "channels_last" in table and "rednet26" in table
+
+
+def test_models_spread_ignores_one_stalled_round():
+    """The spread is the interquartile range over the median: a round stalled by a neighbour
+    on the shared host does not move it, unlike (max - min) / median."""
+    import endtoend
+
+    assert endtoend.iqr_spread([1.0, 2.0, 3.0, 4.0, 100.0]) == pytest.approx(2 / 3)
+    assert endtoend.iqr_spread([2.0]) == 0.0
