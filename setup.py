@@ -69,7 +69,11 @@ if torch.version.cuda is not None and os.environ.get("FORCE_CUDA") != "0" \
 
 from setuptools import find_packages, setup  # noqa: E402
 from torch.utils.cpp_extension import (  # noqa: E402
-    CUDA_HOME, BuildExtension, CppExtension, CUDAExtension)
+    CUDA_HOME,
+    BuildExtension,
+    CppExtension,
+    CUDAExtension,
+)
 
 
 def nvcc_version():

@@ -1,8 +1,9 @@
 """The official involution CUDA kernels' design as a timed baseline, through CuPy.
 
-The official implementation (github.com/d-li14/involution, cls/mmcls/models/utils/involution_cuda.py,
-MIT licence) compiles three kernels per layer with NVRTC through CuPy, every size, stride, padding
-and dilation substituted into the source as a literal:
+The official implementation (github.com/d-li14/involution,
+cls/mmcls/models/utils/involution_cuda.py, MIT licence) compiles three kernels per layer with
+NVRTC through CuPy, every size, stride, padding and dilation substituted into the source as a
+literal:
   * forward: one thread per output element (b, c, oh, ow), 32-bit indices, taps unrolled; each
     thread reads its 49 weights, so every weight is read by each of the group's 16 channels;
   * grad-input: one thread per input element, the gather form (taps that hit an output pixel);
@@ -15,9 +16,10 @@ to nearest even (marked "bf16*" in the table).
 
 On the GPU machine (H200, torch 2.11 + cupy-cuda13x, no network), from the project root after the
 op library is built in place (benchmarks/gpu_check.sh does both):
-    PYTHONPATH=. python3 benchmarks/cuda_official_baseline.py [--batch 64] [--dtypes float32,bfloat16]
-Without a GPU:
-    python3 benchmarks/cuda_official_baseline.py --emit-host-check DIR   # writes a host harness (see below)
+    PYTHONPATH=. python3 benchmarks/cuda_official_baseline.py
+    (options: --batch 64, --dtypes float32,bfloat16)
+Without a GPU, to write a host harness (see below):
+    python3 benchmarks/cuda_official_baseline.py --emit-host-check DIR
 """
 
 import argparse
@@ -36,7 +38,9 @@ THREADS = 1024  # the official block size
 KERNELS = r"""
 #if ELEM_BF16
 typedef unsigned short elem_t;
-__device__ __forceinline__ float ld(const elem_t* p) { return __uint_as_float(((unsigned)*p) << 16); }
+__device__ __forceinline__ float ld(const elem_t* p) {
+  return __uint_as_float(((unsigned)*p) << 16);
+}
 __device__ __forceinline__ elem_t st(float f) {
   unsigned u = __float_as_uint(f);
   if ((u & 0x7fffffffu) > 0x7f800000u) return (elem_t)0x7fc0;   // NaN
@@ -48,11 +52,13 @@ __device__ __forceinline__ float ld(const elem_t* p) { return *p; }
 __device__ __forceinline__ elem_t st(float f) { return f; }
 #endif
 
-#define EACH(i, n) for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += blockDim.x * gridDim.x)
+#define EACH(i, n) \
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += blockDim.x * gridDim.x)
 #define CPG (C / G)
 #define X_AT(n, c, r, q) (((((n) * C + (c)) * H) + (r)) * W + (q))
 #define Y_AT(n, c, r, q) (((((n) * C + (c)) * OH) + (r)) * OW + (q))
-#define W_AT(n, g, u, v, r, q) ((((((((n) * G + (g)) * KH + (u)) * KW) + (v)) * OH + (r)) * OW) + (q))
+#define W_AT(n, g, u, v, r, q) \
+  ((((((((n) * G + (g)) * KH + (u)) * KW) + (v)) * OH + (r)) * OW) + (q))
 
 extern "C" __global__ void involution_fwd(const elem_t* __restrict__ x,
                                           const elem_t* __restrict__ w, elem_t* __restrict__ y) {
@@ -134,9 +140,9 @@ def source(nb, c, h, w, g, kh, kw, s, p, d, bf16):
 
 
 def run_gpu(args):
+    import cupy
     import numpy as np
     import torch
-    import cupy
 
     import involution  # noqa: F401 - our op library, for the side-by-side times
     ops = torch.ops.involution
@@ -182,10 +188,12 @@ def run_gpu(args):
     def rel(a, ref):
         return ((a.double() - ref.double()).norm() / ref.double().norm()).item()
 
-    n_src = torch.rand(1 << 28, device="cuda")
-    dst = torch.empty_like(n_src)
-    bw = 2 * n_src.numel() * 4 / (median_ms([lambda: dst.copy_(n_src)], 10) * 1e-3)
-    del n_src, dst
+    def copy_bandwidth():  # bytes/s of a 1 GiB device-to-device copy (read + write)
+        src = torch.rand(1 << 28, device="cuda")
+        dst = torch.empty_like(src)
+        return 2 * src.numel() * 4 / (median_ms([lambda: dst.copy_(src)], 10) * 1e-3)
+
+    bw = copy_bandwidth()
     print(f"official-design baseline (CuPy {cupy.__version__}, NVRTC) vs ours | "
           f"{torch.cuda.get_device_name(0)} | copy {bw / 1e12:.2f} TB/s | batch {args.batch}")
     head = (f"{'shape':<10} {'dtype':<6}| {'off fwd':>8} {'ours':>7} {'ratio':>6} | "
@@ -232,7 +240,7 @@ def run_gpu(args):
             lines.append(f"{name:<10} {label:<6}| {cells} | {xfl:>16} | "
                          + "/".join(f"{e:.0e}" for e in err))
             print(lines[-1], flush=True)
-            del x, w, gy, y, gx, gw, mod
+            x = w = gy = y = gx = gw = mod = None  # free the device memory before the next shape
             torch.cuda.empty_cache()
     print("\ntimes in microseconds; ratio = official-design time / ours (> 1: ours faster); "
           "xfl = official time / DRAM floor; bf16* = the official design with bfloat16 storage "
@@ -288,6 +296,7 @@ def emit_host_check(directory):
     """Writes, for a few small geometries, the kernels as host C++ plus inputs; `check.sh` in the
     directory compiles and runs each and compares with the involution CPU op (float64)."""
     import torch
+
     import involution  # noqa: F401
     ops = torch.ops.involution
     os.makedirs(directory, exist_ok=True)

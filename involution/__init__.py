@@ -15,11 +15,9 @@ from . import _library
 
 library_path = _library.load()
 
-from . import functional  # noqa: E402
+from . import functional, models, onnx  # noqa: E402  (.onnx imports neither onnx nor onnxscript)
 from .functional import involution2d, involution3d  # noqa: E402
 from .modules import Involution2d, Involution3d  # noqa: E402
-from . import models  # noqa: E402
-from . import onnx  # noqa: E402  (imports neither onnx nor onnxscript)
 
 try:
     from .version import __version__  # noqa: E402

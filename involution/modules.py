@@ -295,7 +295,8 @@ class Involution3d(_InvolutionNd):
     This one computes
 
         kernel = span_mapping(sigma_mapping(reduce_mapping(pool(input))))  # (B, G*KD*KH*KW, O...)
-        output = involution3d(initial_mapping(input), kernel.view(B, G, KD, KH, KW, OD, OH, OW), ...)
+        output = involution3d(initial_mapping(input),
+                              kernel.view(B, G, KD, KH, KW, OD, OH, OW), ...)
 
     with the same pooling rules as :class:`Involution2d` (``o_mapping`` =
     ``AvgPool3d(stride, stride)`` when it gives the output size, ceil-mode or adaptive pooling

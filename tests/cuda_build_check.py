@@ -30,7 +30,8 @@ def main() -> int:
     assert ".nv_fatbin" in sections, "no device code (.nv_fatbin) in the library"
     with open(involution.library_path, "rb") as f:
         library = f.read()
-    for arch in filter(None, os.environ.get("TORCH_CUDA_ARCH_LIST", "").replace(",", ";").split(";")):
+    arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "").replace(",", ";")
+    for arch in filter(None, arch_list.split(";")):
         sm = "sm_" + arch.strip().replace("+PTX", "").replace(".", "")
         assert f"-arch {sm} ".encode() in library, f"no cubin for {sm} in the library"
         print(f"device code for {sm}: present")

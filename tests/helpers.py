@@ -143,7 +143,8 @@ def involution3d_reference(x, w, stride, padding, dilation):
         for u in range(kernel[1]):
             for v in range(kernel[2]):
                 index = tuple(
-                    slice(k * dilation[a], k * dilation[a] + stride[a] * (out[a] - 1) + 1, stride[a])
+                    slice(k * dilation[a], k * dilation[a] + stride[a] * (out[a] - 1) + 1,
+                          stride[a])
                     for a, k in enumerate((t, u, v))
                 )
                 y = y + w_per_channel[:, :, t, u, v] * xp[(slice(None), slice(None)) + index]

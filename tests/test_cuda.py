@@ -44,7 +44,8 @@ def test_cuda_equals_cpu(dtype, tol):
             wc = w.detach().cuda().requires_grad_()
             for a, b in zip(run(fn, case, x, w), run(fn, case, xc, wc)):
                 # Both accumulate in float32 (float64 for float64), in different orders.
-                scale = (case.channels // case.groups * w.shape[2:2 + len(case.size)].numel()) ** 0.5
+                taps = w.shape[2:2 + len(case.size)].numel()
+                scale = (case.channels // case.groups * taps) ** 0.5
                 torch.testing.assert_close(b.cpu().double(), a.double(), atol=tol * scale,
                                            rtol=tol)
 

@@ -15,7 +15,8 @@ def good():
 
 BAD_FORWARD = [
     ("input 3-D", lambda x, w: (x[0], w, *P),
-     r"expected input to be a 4-D tensor \(B, C, H, W\), but got a 3-D tensor of shape \[4, 7, 7\]"),
+     r"expected input to be a 4-D tensor \(B, C, H, W\), "
+     r"but got a 3-D tensor of shape \[4, 7, 7\]"),
     ("weight 5-D", lambda x, w: (x, w[:, 0], *P),
      r"expected weight to be a 6-D tensor \(B, G, KH, KW, OH, OW\), but got a 5-D tensor"),
     ("batch mismatch", lambda x, w: (x, w[:1], *P),

@@ -215,7 +215,8 @@ def test_non_contiguous_and_channels_last_inputs(device):
         "expanded_weight": (x[:1].expand(2, -1, -1, -1), w[:1].expand(2, -1, -1, -1, -1, -1)),
     }
     for name, (xv, wv) in variants.items():
-        ref = expected if name != "expanded_weight" else involution2d_reference(xv, wv, *case.params())
+        ref = (expected if name != "expanded_weight"
+               else involution2d_reference(xv, wv, *case.params()))
         y = ops.involution2d(xv, wv, *case.params())
         torch.testing.assert_close(y, ref, msg=name)
         # Gradients through non-contiguous views, too.

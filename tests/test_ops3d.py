@@ -4,7 +4,13 @@ Involution3d module (the seed's constructor, with the seed's 3-D defects fixed).
 import pytest
 import torch
 import torch.nn as nn
-from helpers import DEVICES, Case, Case3d, involution2d_reference, involution3d_reference, random_cases_3d
+from helpers import (
+    DEVICES,
+    Case,
+    Case3d,
+    involution3d_reference,
+    random_cases_3d,
+)
 
 import involution
 from involution.functional import involution3d
@@ -34,7 +40,8 @@ def test_reference_matches_the_formula_elementwise():
                             for v in range(3):
                                 a, b, e = i - 1 + 2 * t, j * 2 + u, k * 2 - 1 + v
                                 if 0 <= a < 3 and 0 <= b < 4 and 0 <= e < 5:
-                                    total += w[0, c, t, u, v, i, j, k].item() * x[0, c, a, b, e].item()
+                                    total += (w[0, c, t, u, v, i, j, k].item()
+                                              * x[0, c, a, b, e].item())
                     assert abs(ref[0, c, i, j, k].item() - total) < 1e-12
 
 
