@@ -28,9 +28,10 @@
 //   The limit is as much L1 as DRAM: each input load of a warp spans 512 bytes (lanes 16 bytes
 //   apart), 4 wavefronts, so stage 1 needs about 17M wavefronts, 64 us of L1 at one wavefront
 //   per clock and SM, next to 65 us of DRAM and about 30 us of issue.
-//   Predicted (not yet measured on a GPU): 1.2-1.5x the DRAM floor at RedNet-50's stride-1
-//   shapes in float32; bfloat16 is issue-bound (2.2 instructions per FMA with the
-//   conversions), about 1.6x faster than float32 rather than 2x.
+//   Predicted (not yet measured on a GPU): 1.3-1.5x the DRAM floor at RedNet-50's stride-1
+//   shapes in float32 (every shape: PREDICTED in benchmarks/gpu_check.sh); bfloat16 is
+//   issue-bound (2.2 instructions per FMA with the conversions), about 1.6x faster than
+//   float32 rather than 2x.
 //
 // Generic kernel (any geometry, see cuda_kernels_apply): one thread per (batch, group, output
 // pixel), with a 16-channel register block, reading each weight once.
