@@ -155,6 +155,13 @@ def models_worker(spec: Dict) -> Dict:
     for name, times in samples.items():
         out[name].update(median_s=statistics.median(times), spread=iqr_spread(times),
                          rounds=len(times))
+    # RedNet's speed-up over the ResNet of the same depth, round by round: the two ran back to
+    # back, so a slow spell of the shared host slows both and leaves the ratio.
+    for name in samples:
+        twin = name.replace("rednet", "resnet")
+        if name.startswith("rednet") and twin in samples:
+            ratios = [t / r for r, t in zip(samples[name], samples[twin])]
+            out[name].update(speedup=statistics.median(ratios), speedup_spread=iqr_spread(ratios))
     return out
 
 
@@ -177,9 +184,12 @@ def format_models(result: Dict) -> str:
               f"rounds (every model once per round; at least {result['rounds']} rounds and "
               f"{result['seconds']:g} s of steps per model), ± the rounds' interquartile range "
               f"over the median")
+    rednets = [m for m in models if m.startswith("rednet")]
+    paired = [m for m in rednets if m.replace("rednet", "resnet") in models]
     cols = f"{'mode':<9} {'backend':<7} {'layout':<13} | {'rounds':>6} | " + " ".join(
-        f"{m:>16}" for m in models) + " | peak MiB: " + " ".join(models) + " | in our op: " + (
-        " ".join(m for m in models if m.startswith("rednet")))
+        f"{m:>16}" for m in models) + " | " + " ".join(
+        f"{m + '/res':>16}" for m in paired) + " | peak MiB: " + " ".join(models) + (
+        " | in our op: ") + " ".join(rednets)
     lines = [header, "", cols, "-" * len(cols)]
     for row in result["rows"]:
         r = row["models"]
@@ -188,14 +198,19 @@ def format_models(result: Dict) -> str:
             f"{r[models[0]]['rounds']:>6} | "
             + " ".join(f"{BATCH / r[m]['median_s']:>9.2f} ±{100 * r[m]['spread']:>4.1f}%"
                        for m in models) + " | "
+            + " ".join(f"{r[m]['speedup']:>8.2f}x ±{100 * r[m]['speedup_spread']:>4.1f}%"
+                       for m in paired) + " | "
             + " ".join(f"{r[m]['peak_bytes'] / 2 ** 20:.0f}" for m in models) + " | "
             + " ".join(f"{100 * r[m]['op_share']:.1f}%" for m in models if "op_share" in r[m]))
     first = {m: max(row["models"][m]["first_step_s"] for row in result["rows"]
                     if row["variant"][1] == "compile") for m in models
              if any(row["variant"][1] == "compile" for row in result["rows"])}
     if first:
-        lines += ["", "first step under torch.compile (compilation), longest of the variants: "
+        lines += ["", "first step under torch.compile, longest of the variants (compilation; "
+                  "short where inductor's on-disk cache already holds the graphs): "
                   + ", ".join(f"{m} {s:.0f} s" for m, s in first.items())]
-    lines += ["peak MiB: rise of the process's peak memory during one step, after warm-up; "
+    lines += ["rednetN/res: RedNet-N's speed-up over ResNet-N, the median of the rounds' ratios "
+              "(both ran back to back in each round), ± their interquartile range",
+              "peak MiB: rise of the process's peak memory during one step, after warm-up; "
               "in our op: self time of the involution:: ops in one profiled step over its time"]
     return "\n".join(lines)

@@ -143,19 +143,20 @@ def test_resnet_has_the_standard_parameter_count():
 
 
 def test_models_benchmark_runs(tmp_path):
-    """--models-only with tiny settings: one eager variant's table."""
+    """--models-only with tiny settings: one eager variant's table, RedNet-26 and ResNet-26."""
     import endtoend
 
+    models = ["rednet26", "resnet26"]
     out = endtoend.models_worker({"variant": ["inference", "eager", "channels_last"],
-                                  "models": ["rednet26"], "threads": 1, "rounds": 2,
-                                  "seconds": 0.0})
+                                  "models": models, "threads": 1, "rounds": 2, "seconds": 0.0})
     assert out["rednet26"]["median_s"] > 0 and 0 < out["rednet26"]["op_share"] < 1
     assert out["rednet26"]["rounds"] == 2 and out["rednet26"]["spread"] >= 0
-    table = endtoend.format_models({"models": ["rednet26"], "threads": 1, "rounds": 2,
+    assert out["rednet26"]["speedup"] > 0 and "speedup" not in out["resnet26"]
+    table = endtoend.format_models({"models": models, "threads": 1, "rounds": 2,
                                     "seconds": 0.0, "torch": "x", "rows": [{
                                         "variant": ["inference", "eager", "channels_last"],
                                         "models": out}]})
-    assert "channels_last" in table and "rednet26" in table
+    assert "channels_last" in table and "rednet26/res" in table
 
 
 def test_models_spread_ignores_one_stalled_round():
