@@ -185,6 +185,27 @@ def time_pass(fn: Callable, spec: Dict, sync: Callable) -> float:
     return statistics.median(samples)
 
 
+def interleaved_rounds(device: torch.device, runs: List[tuple], spec: Dict) -> List[Dict]:
+    """Times runs [(threads, {kind: fn})] in interleaved rounds: every round runs each run's
+    functions once, each after a small op wakes the thread pool, so the shared machine's drift
+    touches all of them alike. Returns, per run, the median seconds of each kind after
+    spec["warmup"] rounds over spec["repeats"]."""
+    sync = synchronizer(device)
+    samples = [{kind: [] for kind in fns} for _, fns in runs]
+    for round_index in range(spec["warmup"] + spec["repeats"]):
+        for (threads, fns), out in zip(runs, samples):
+            torch.set_num_threads(threads)
+            for kind, fn in fns.items():
+                wake_thread_pool(device, threads)
+                sync()
+                start = time.perf_counter()
+                fn()
+                sync()
+                if round_index >= spec["warmup"]:
+                    out[kind].append(time.perf_counter() - start)
+    return [{kind: statistics.median(v) for kind, v in s.items()} for s in samples]
+
+
 def op_worker(spec: Dict) -> Dict:
     """One implementation on one shape: the peak memory rise of one forward+backward, then the
     medians of forward, backward (both gradients) and forward+backward, and the max |difference|
@@ -228,7 +249,6 @@ def compare_worker(spec: Dict) -> Dict:
     round runs each configuration once, so the shared machine's drift touches all of them alike
     and their ratios are fair. Returns the median seconds per configuration and pass."""
     device = torch.device(spec["device"])
-    sync = synchronizer(device)
     shape = Shape(**spec["shape"])
     op = implementation("ours")
     runs = []
@@ -245,19 +265,7 @@ def compare_worker(spec: Dict) -> Dict:
             torch.autograd.grad(op(x, w, *params), (x, w), gy)
 
         runs.append((threads, {"forward": forward, "forward+backward": forward_backward}))
-    samples = [{kind: [] for kind in COMPARED_PASSES} for _ in runs]
-    for round_index in range(spec["warmup"] + spec["repeats"]):
-        for (threads, passes), out in zip(runs, samples):
-            torch.set_num_threads(threads)
-            for kind, fn in passes.items():
-                wake_thread_pool(device, threads)
-                sync()
-                start = time.perf_counter()
-                fn()
-                sync()
-                if round_index >= spec["warmup"]:
-                    out[kind].append(time.perf_counter() - start)
-    return {"times": [{kind: statistics.median(v) for kind, v in s.items()} for s in samples]}
+    return {"times": interleaved_rounds(device, runs, spec)}
 
 
 def machine_worker(spec: Dict) -> Dict:
@@ -265,25 +273,12 @@ def machine_worker(spec: Dict) -> Dict:
     multiply (compute-bound) and a 64 MiB copy (memory-bound) at each thread count, interleaved
     round by round. Returns median seconds per thread count."""
     device = torch.device(spec["device"])
-    sync = synchronizer(device)
     a = torch.randn(1024, 1024, device=device)
     src = torch.randn(16 * 2 ** 20, device=device)
     dst = torch.empty_like(src)
     work = {"matmul": lambda: a @ a, "copy": lambda: dst.copy_(src)}
-    samples = {t: {k: [] for k in work} for t in spec["threads"]}
-    for round_index in range(spec["warmup"] + spec["repeats"]):
-        for t in spec["threads"]:
-            torch.set_num_threads(t)
-            for kind, fn in work.items():
-                wake_thread_pool(device, t)
-                sync()
-                start = time.perf_counter()
-                fn()
-                sync()
-                if round_index >= spec["warmup"]:
-                    samples[t][kind].append(time.perf_counter() - start)
-    return {"times": {str(t): {k: statistics.median(v) for k, v in per.items()}
-                      for t, per in samples.items()}}
+    times = interleaved_rounds(device, [(t, work) for t in spec["threads"]], spec)
+    return {"times": {str(t): per for t, per in zip(spec["threads"], times)}}
 
 
 def machine_rates(device: torch.device, threads: int) -> Dict[str, float]:
