@@ -155,11 +155,29 @@ cpp-cuda: $(CUDA_VENV)/.deps
 	done
 
 # The CUDA kernels run on the host (tests/cpp/emulate_cuda_kernels.cpp) under AddressSanitizer
-# and UndefinedBehaviorSanitizer: index arithmetic, bounds and alignment, without a GPU.
+# and UndefinedBehaviorSanitizer: index arithmetic, bounds and alignment, and the barriers of
+# shared memory (tests/cpp/emulate_block.h), without a GPU. First the block emulation's
+# self-test: its shared-memory kernels must pass, and each bug it can put into them must be
+# reported with the tag paired with it here (the recipe fails if one runs unreported).
+EMULATE_CXXFLAGS := -std=c++20 -O1 -g -Wall -Wextra -Wno-unknown-pragmas \
+	-fsanitize=address,undefined -fno-sanitize-recover=all
+EMULATE_BUGS := drop-barrier=read-write-race drop-trailing-barrier=read-write-race \
+	unstaged-halo=unwritten-read racy-staging=write-write-race early-exit=exit-at-barrier \
+	divergent-barrier=divergent-barrier unpadded-tile=out-of-bounds
 emulate:
 	mkdir -p build
-	$(CXX) -std=c++20 -O1 -g -Wall -Wextra -Wno-unknown-pragmas -fsanitize=address,undefined \
-		-fno-sanitize-recover=all -o build/emulate_cuda_kernels tests/cpp/emulate_cuda_kernels.cpp
+	$(CXX) $(EMULATE_CXXFLAGS) -o build/emulate_block_selftest tests/cpp/emulate_block_selftest.cpp
+	build/emulate_block_selftest
+	@for check in $(EMULATE_BUGS); do \
+		bug=$${check%%=*}; tag=$${check#*=}; \
+		if build/emulate_block_selftest --bug $$bug > build/emulate_bug.log 2>&1; then \
+			cat build/emulate_bug.log; echo "emulate: the bug $$bug ran unreported"; exit 1; \
+		fi; \
+		echo "--bug $$bug, reported:"; \
+		grep -B1 -F "[$$tag]" build/emulate_bug.log || { cat build/emulate_bug.log; \
+			echo "emulate: the bug $$bug was not reported as [$$tag]"; exit 1; }; \
+	done
+	$(CXX) $(EMULATE_CXXFLAGS) -o build/emulate_cuda_kernels tests/cpp/emulate_cuda_kernels.cpp
 	build/emulate_cuda_kernels 400
 
 clean:

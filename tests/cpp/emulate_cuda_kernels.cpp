@@ -4,14 +4,25 @@
 // kernels on any geometry (strides, dilations, paddings, uneven kernels), groups with fewer,
 // exactly and more channels than a register block, float64 and float32.
 //
-// The kernels use no shared memory, no synchronisation and no atomics, and each thread writes
-// only its own outputs, so running the threads in sequence computes exactly what the GPU
-// computes. Outputs start as NaN (every element must be written), the grid is far smaller than
-// the problem (every thread takes several grid-stride steps), the slabs are split over several
-// launches (as for_each_slab_range does for large problems), and every pair load checks the
-// alignment the GPU needs. CI builds this under AddressSanitizer and UndefinedBehaviorSanitizer
-// (make emulate-sanitized), so any out-of-bounds read or write fails it.
+// Each kernel runs under emulate_block.h's block runner, as it would be launched: the threads of
+// a block as fibers that all reach each block_barrier() before any passes it, and shared memory
+// (csrc/ops/cuda/block_sync.cuh) checked element by element: every read must see a value
+// written before the last barrier (or by the reading thread itself), no two threads may touch
+// an element between two barriers unless both only read, and every thread must reach every
+// barrier (emulate_block_selftest.cpp shows that broken kernels are reported). A kernel without
+// shared memory, whose threads each write only their own outputs (no atomics), runs thread after
+// thread and computes exactly what the GPU computes. Outputs start as NaN (every element must be
+// written), the grid is far smaller than the problem (every thread takes several grid-stride
+// steps), the slabs are split over several launches (as for_each_slab_range does for large
+// problems), and every pair load checks the alignment the GPU needs. CI builds this under
+// AddressSanitizer and UndefinedBehaviorSanitizer (make emulate), so any out-of-bounds read or
+// write fails it.
 
+// clang-format off
+#include "emulate_block.h"  // before the kernels: what nvcc would provide, the block runner
+// clang-format on
+
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -19,27 +30,6 @@
 #include <random>
 #include <string>
 #include <vector>
-
-// What nvcc would provide.
-#define __global__
-#define __device__
-#define __host__
-#define __forceinline__ inline
-#define __launch_bounds__(...)
-struct Dim3 {
-  unsigned x = 0, y = 0, z = 0;
-};
-static Dim3 blockIdx, blockDim, threadIdx, gridDim;
-
-#define INVOLUTION_EMULATION
-#define INVOLUTION_EMULATION_CHECK_ALIGNED(p, bytes)                                   \
-  do {                                                                                 \
-    if (reinterpret_cast<uintptr_t>(p) % (bytes) != 0) {                               \
-      std::fprintf(stderr, "misaligned %d-byte load at %p\n", static_cast<int>(bytes), \
-                   static_cast<const void*>(p));                                       \
-      std::abort();                                                                    \
-    }                                                                                  \
-  } while (0)
 
 #include "../../csrc/ops/cuda/backward_input.cuh"
 #include "../../csrc/ops/cuda/backward_weight.cuh"
@@ -54,27 +44,17 @@ using namespace involution::cuda;
 // than the work items, so every thread takes several grid-stride steps (the generic kernels
 // stride over slabs along y; the tiled ones use x only).
 template <typename Kernel>
-void run_grid(const Kernel& kernel, unsigned rows = 2) {
-  gridDim = {3, rows, 1};
-  blockDim = {37, 1, 1};
-  for (unsigned by = 0; by < gridDim.y; ++by) {
-    for (unsigned b = 0; b < gridDim.x; ++b) {
-      for (unsigned t = 0; t < blockDim.x; ++t) {
-        blockIdx = {b, by, 0};
-        threadIdx = {t, 0, 0};
-        kernel();
-      }
-    }
-  }
+void run_grid(const char* name, const Kernel& kernel, unsigned rows = 2) {
+  involution::emulation::run_blocks(name, dim3(3, rows), dim3(37), kernel);
 }
 
 // A tiled kernel over all slabs, in several launches of at most `per_launch` slabs each.
 template <typename Kernel>
-void run_tiled(const Geometry& g, int64_t per_launch, const Kernel& kernel) {
+void run_tiled(const char* name, const Geometry& g, int64_t per_launch, const Kernel& kernel) {
   const int64_t slabs = g.batch * g.groups;
   for (int64_t s = 0; s < slabs; s += per_launch) {
     const auto n = static_cast<int32_t>(std::min(per_launch, slabs - s));
-    run_grid([&] { kernel(s, n); }, 1);
+    run_grid(name, [&] { kernel(s, n); }, 1);
   }
 }
 
@@ -167,11 +147,13 @@ void check_case(const Geometry& g, std::mt19937& rng, double tol, int case_index
     ++failures;
     return;
   }
-  run_grid([&] { forward_generic<T, T>(g, xt.data(), wt.data(), y.data()); });
+  run_grid("forward_generic", [&] { forward_generic<T, T>(g, xt.data(), wt.data(), y.data()); });
   compare("forward_generic " + name, y, r.y, tol, case_index);
-  run_grid([&] { backward_input_generic<T, T>(g, gyt.data(), wt.data(), gx.data()); });
+  run_grid("backward_input_generic",
+           [&] { backward_input_generic<T, T>(g, gyt.data(), wt.data(), gx.data()); });
   compare("backward_input_generic " + name, gx, r.gx, tol, case_index);
-  run_grid([&] { backward_weight_generic<T, T>(g, gyt.data(), xt.data(), gw.data()); });
+  run_grid("backward_weight_generic",
+           [&] { backward_weight_generic<T, T>(g, gyt.data(), xt.data(), gw.data()); });
   compare("backward_weight_generic " + name, gw, r.gw, tol, case_index);
   if (!tiled_kernels_apply(g)) return;
 
@@ -183,7 +165,7 @@ void check_case(const Geometry& g, std::mt19937& rng, double tol, int case_index
       if (pairs && !forward_pairs_apply(g, xt.data())) continue;
       if (vector && !forward_vector_weights_apply(g, wt.data())) continue;
       std::fill(y.begin(), y.end(), nan);
-      run_tiled(g, per_launch, [&](int64_t slab0, int32_t slabs) {
+      run_tiled("forward_tiled", g, per_launch, [&](int64_t slab0, int32_t slabs) {
         const auto kernel = pairs ? (vector ? forward_tiled<T, T, K, S, true, true>
                                             : forward_tiled<T, T, K, S, true, false>)
                                   : (vector ? forward_tiled<T, T, K, S, false, true>
@@ -196,12 +178,12 @@ void check_case(const Geometry& g, std::mt19937& rng, double tol, int case_index
       ++tiled_variants[variant];
     }
     std::fill(gx.begin(), gx.end(), nan);
-    run_tiled(g, per_launch, [&](int64_t slab0, int32_t slabs) {
+    run_tiled("backward_input_tiled", g, per_launch, [&](int64_t slab0, int32_t slabs) {
       backward_input_tiled<T, T, K, S>(g, gyt.data(), wt.data(), gx.data(), slab0, slabs);
     });
     compare("backward_input_tiled " + name, gx, r.gx, tol, case_index);
     std::fill(gw.begin(), gw.end(), nan);
-    run_tiled(g, per_launch, [&](int64_t slab0, int32_t slabs) {
+    run_tiled("backward_weight_tiled", g, per_launch, [&](int64_t slab0, int32_t slabs) {
       backward_weight_tiled<T, T, K, S>(g, gyt.data(), xt.data(), gw.data(), slab0, slabs);
     });
     compare("backward_weight_tiled " + name, gw, r.gw, tol, case_index);
