@@ -7,8 +7,10 @@
     model = involution.models.rednet50()
     involution.onnx.export(model.eval(), (torch.randn(1, 3, 224, 224),))  # ONNX, standard ops
 
-The ops are registered as torch.ops.involution.involution2d and involution3d (CPU and CUDA
-kernels, C++ autograd, meta kernels for torch.compile/torch.export, autocast).
+The ops are registered as torch.ops.involution.involution2d and involution3d, and their fused
+forms fused_involution2d and fused_involution3d, which generate the kernel from the reduced
+tensor inside the op (CPU and CUDA kernels, C++ autograd, meta kernels for
+torch.compile/torch.export, autocast).
 """
 
 from . import _library
@@ -16,7 +18,12 @@ from . import _library
 library_path = _library.load()
 
 from . import functional, models, onnx  # noqa: E402  (.onnx imports neither onnx nor onnxscript)
-from .functional import involution2d, involution3d  # noqa: E402
+from .functional import (  # noqa: E402
+    fused_involution2d,
+    fused_involution3d,
+    involution2d,
+    involution3d,
+)
 from .modules import Involution2d, Involution3d  # noqa: E402
 
 try:
@@ -28,6 +35,8 @@ __all__ = [
     "Involution2d",
     "Involution3d",
     "functional",
+    "fused_involution2d",
+    "fused_involution3d",
     "involution2d",
     "involution3d",
     "library_path",

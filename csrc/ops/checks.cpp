@@ -227,6 +227,96 @@ std::vector<c10::SymInt> check_backward_weight(const char* op, int64_t dims,
   return sizes;
 }
 
+FusedSizes check_fused_forward(const char* op, int64_t dims, const at::Tensor& input,
+                               const at::Tensor& reduced, const at::Tensor& span_weight,
+                               const std::optional<at::Tensor>& span_bias,
+                               at::IntArrayRef kernel_size, const Window& window) {
+  check_tensor(op, "input", input, dims + 2, features_layout(dims, ""));
+  check_tensor(op, "reduced", reduced, dims + 2, axes_layout(dims, "R", {"O"}));
+  std::string span_layout = "(G * taps, R";
+  for (int64_t i = 0; i < dims; ++i) span_layout += ", 1";
+  span_layout += ")";
+  check_tensor(op, "span_weight", span_weight, dims + 2, span_layout);
+  check_same_kind(op, "input", input, "reduced", reduced);
+  check_same_kind(op, "input", input, "span_weight", span_weight);
+  check_window(op, dims, window);
+  TORCH_CHECK(static_cast<int64_t>(kernel_size.size()) == dims, op,
+              ": expected kernel_size to have ", dims, " elements (one per spatial axis), but got ",
+              kernel_size.size(), ": ", kernel_size);
+
+  const auto x = input.sym_sizes();
+  const auto z = reduced.sym_sizes();
+  const auto s = span_weight.sym_sizes();
+  TORCH_CHECK(z[0] == x[0], op, ": expected reduced and input to have the same batch size, but ",
+              "got reduced.size(0) = ", z[0], " and input.size(0) = ", x[0]);
+  bool unit = true;
+  for (int64_t i = 0; i < dims; ++i) unit = unit && s[2 + i] == 1;
+  TORCH_CHECK(unit, op, ": expected span_weight to be the weight of a 1x1 convolution ",
+              span_layout, ", but got shape ", s);
+  TORCH_CHECK(s[1] == z[1], op, ": expected span_weight.size(1) to equal the number of reduced ",
+              "channels R = reduced.size(1) = ", z[1], ", but got span_weight of shape ", s);
+  const auto kernel = c10::fromIntArrayRefSlow(kernel_size);
+  c10::SymInt taps = 1;
+  for (const auto& k : kernel) {
+    TORCH_CHECK(k >= 1, op, ": expected a kernel size >= 1 on every axis, but got ", kernel_size);
+    taps = taps * k;
+  }
+  TORCH_CHECK(s[0] >= taps && s[0] % taps == 0, op, ": expected span_weight.size(0) to be a ",
+              "positive multiple of the number of taps (", taps, " for kernel size ", kernel_size,
+              "): G * taps for G groups, but got span_weight of shape ", s);
+  const c10::SymInt groups = s[0] / taps;
+  check_groups(op, x[1], groups, "span_weight.size(0) / taps");
+  if (span_bias.has_value() && span_bias->defined()) {
+    const at::Tensor& b = *span_bias;
+    TORCH_CHECK(b.dim() == 1 && b.sym_size(0) == s[0], op, ": expected span_bias to be a 1-D ",
+                "tensor of span_weight.size(0) = ", s[0], " elements (or None), but got shape ",
+                b.sym_sizes());
+    check_same_kind(op, "input", input, "span_bias", b);
+  }
+  const auto in = x.slice(2);
+  const auto out = output_size(op, dims, in, kernel, window);
+  check_output_size(op, "reduced's spatial size", z.slice(2), out, in, kernel, window);
+
+  std::vector<c10::SymInt> sizes = {x[0], x[1]};
+  sizes.insert(sizes.end(), out.begin(), out.end());
+  return {sizes, groups};
+}
+
+FusedSizes check_fused_backward(const char* op, int64_t dims, const at::Tensor& grad_output,
+                                const at::Tensor& input, const at::Tensor& reduced,
+                                const at::Tensor& span_weight,
+                                const std::optional<at::Tensor>& span_bias,
+                                at::IntArrayRef kernel_size, const Window& window) {
+  auto sizes =
+      check_fused_forward(op, dims, input, reduced, span_weight, span_bias, kernel_size, window);
+  check_tensor(op, "grad_output", grad_output, dims + 2, features_layout(dims, "O"));
+  check_same_kind(op, "grad_output", grad_output, "input", input);
+  const auto gy = grad_output.sym_sizes();
+  bool same = true;
+  for (size_t i = 0; i < sizes.output.size(); ++i) same = same && gy[i] == sizes.output[i];
+  TORCH_CHECK(same, op, ": expected grad_output of shape ", c10::SymIntArrayRef(sizes.output),
+              " (the output's), but got ", gy);
+  return sizes;
+}
+
+Geometry make_fused_geometry(int64_t dims, at::IntArrayRef input, at::IntArrayRef output,
+                             at::IntArrayRef kernel_size, int64_t groups, const Window& window) {
+  Geometry g;
+  g.batch = input[0];
+  g.channels = input[1];
+  g.groups = groups;
+  const int64_t first = 3 - dims;
+  for (int64_t i = 0; i < dims; ++i) {
+    g.in[first + i] = input[2 + i];
+    g.kernel[first + i] = kernel_size[i];
+    g.out[first + i] = output[2 + i];
+    g.stride[first + i] = window.stride[i];
+    g.padding[first + i] = window.padding[i];
+    g.dilation[first + i] = window.dilation[i];
+  }
+  return g;
+}
+
 Geometry make_geometry(int64_t dims, at::IntArrayRef features, at::IntArrayRef weight_sizes,
                        const Window& window) {
   Geometry g;

@@ -10,6 +10,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/SymInt.h>
 
+#include <optional>
 #include <vector>
 
 #include "geometry.h"
@@ -48,10 +49,34 @@ std::vector<c10::SymInt> check_backward_weight(const char* op, int64_t dims,
                                                const at::Tensor& input, at::IntArrayRef kernel_size,
                                                int64_t groups, const Window& window);
 
+// The fused ops: output sizes (B, C, O...) and the number of groups G of
+// fused_involution{2,3}d(input, reduced, span_weight, span_bias, kernel_size, window), where
+// reduced is (B, R, O...), span_weight (G * taps, R, 1...) as nn.Conv{2,3}d stores a 1x1 conv's
+// weight, and span_bias (G * taps) or undefined.
+struct FusedSizes {
+  std::vector<c10::SymInt> output;
+  c10::SymInt groups;
+};
+FusedSizes check_fused_forward(const char* op, int64_t dims, const at::Tensor& input,
+                               const at::Tensor& reduced, const at::Tensor& span_weight,
+                               const std::optional<at::Tensor>& span_bias,
+                               at::IntArrayRef kernel_size, const Window& window);
+
+// The same checks for the fused backward, and that grad_output is (B, C, O...).
+FusedSizes check_fused_backward(const char* op, int64_t dims, const at::Tensor& grad_output,
+                                const at::Tensor& input, const at::Tensor& reduced,
+                                const at::Tensor& span_weight,
+                                const std::optional<at::Tensor>& span_bias,
+                                at::IntArrayRef kernel_size, const Window& window);
+
 // The concrete geometry of a checked problem, for the kernels. `features` is (B, C, I...) and
 // `weight_sizes` is (B, G, K..., O...); both must already have passed one of the checks above.
 Geometry make_geometry(int64_t dims, at::IntArrayRef features, at::IntArrayRef weight_sizes,
                        const Window& window);
+
+// The geometry of a checked fused problem: input (B, C, I...), output (B, C, O...).
+Geometry make_fused_geometry(int64_t dims, at::IntArrayRef input, at::IntArrayRef output,
+                             at::IntArrayRef kernel_size, int64_t groups, const Window& window);
 
 }  // namespace detail
 }  // namespace involution

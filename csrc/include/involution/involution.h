@@ -17,7 +17,10 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/SymInt.h>
 
+#include <array>
 #include <cstdint>
+#include <optional>
+#include <tuple>
 
 #if defined(_WIN32)
 #if defined(INVOLUTION_BUILDING_LIBRARY)
@@ -52,6 +55,52 @@ INVOLUTION_API at::Tensor involution2d(const at::Tensor& input, const at::Tensor
 INVOLUTION_API at::Tensor involution3d(const at::Tensor& input, const at::Tensor& weight,
                         at::IntArrayRef stride = {1, 1, 1}, at::IntArrayRef padding = {0, 0, 0},
                         at::IntArrayRef dilation = {1, 1, 1});
+
+// Fused involution: the kernel is generated from `reduced` by a 1x1 "span" convolution where
+// it is used, and never stored. Equal to
+//   involution2d(input, conv2d(reduced, span_weight, span_bias).view(B, G, KH, KW, OH, OW),
+//                stride, padding, dilation)
+// with input (B, C, H, W), reduced (B, R, OH, OW) at the output size, span_weight
+// (G * KH * KW, R, 1, 1) (a 1x1 conv's weight as torch::nn::Conv2d stores it; G is inferred from
+// it and kernel_size), span_bias (G * KH * KW) or none. Differentiable in all four tensors; the
+// backward recomputes the kernel instead of saving it.
+INVOLUTION_API at::Tensor fused_involution2d(const at::Tensor& input, const at::Tensor& reduced,
+                                             const at::Tensor& span_weight,
+                                             const std::optional<at::Tensor>& span_bias,
+                                             at::IntArrayRef kernel_size,
+                                             at::IntArrayRef stride = {1, 1},
+                                             at::IntArrayRef padding = {0, 0},
+                                             at::IntArrayRef dilation = {1, 1});
+
+// The same with a depth axis: input (B, C, D, H, W), reduced (B, R, OD, OH, OW), span_weight
+// (G * KD * KH * KW, R, 1, 1, 1).
+INVOLUTION_API at::Tensor fused_involution3d(const at::Tensor& input, const at::Tensor& reduced,
+                                             const at::Tensor& span_weight,
+                                             const std::optional<at::Tensor>& span_bias,
+                                             at::IntArrayRef kernel_size,
+                                             at::IntArrayRef stride = {1, 1, 1},
+                                             at::IntArrayRef padding = {0, 0, 0},
+                                             at::IntArrayRef dilation = {1, 1, 1});
+
+namespace detail {
+
+// The gradients of fused_involution2d/3d with respect to (input, reduced, span_weight,
+// span_bias), those whose output_mask entry is set; the others come back as empty tensors (and
+// span_bias's when there is no bias). A registered op, differentiable again through the
+// unfused ops.
+using FusedGradients = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+INVOLUTION_API FusedGradients fused_involution2d_backward(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& reduced,
+    const at::Tensor& span_weight, const std::optional<at::Tensor>& span_bias,
+    at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation, std::array<bool, 4> output_mask);
+INVOLUTION_API FusedGradients fused_involution3d_backward(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& reduced,
+    const at::Tensor& span_weight, const std::optional<at::Tensor>& span_bias,
+    at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation, std::array<bool, 4> output_mask);
+
+}  // namespace detail
 
 namespace detail {
 

@@ -23,8 +23,7 @@ namespace involution {
 namespace cpu {
 namespace direct {
 
-template <typename scalar_t>
-using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+using cpu::acc_type;
 
 // Input index of tap k of output index o along one axis, and whether it lies in [0, n).
 inline int64_t tap_index(int64_t o, int64_t s, int64_t p, int64_t k, int64_t d) {

@@ -59,14 +59,29 @@ inline RowBlock input_row_block(const Geometry& g, int64_t task) {
   return row_block(g, task, g.in[0], g.in[1]);
 }
 
-// Each kernel computes tasks [begin, end).
+// The accumulation type of each storage type: float for the 16-bit types.
+template <typename scalar_t>
+using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+// Each involution kernel computes tasks [begin, end). The span kernels are the fused op's
+// kernel generation and its gradients (span_kernels.h).
 template <typename scalar_t>
 struct Kernels {
+  using acc_t = acc_type<scalar_t>;
   using Fn = void (*)(const Geometry&, const scalar_t*, const scalar_t*, scalar_t*, int64_t,
                       int64_t);
   Fn forward;          // (g, x, w, y, ...)
   Fn backward_input;   // (g, grad_y, w, grad_x, ...)
   Fn backward_weight;  // (g, grad_y, x, grad_w, ...)
+  // (T, R, S, bias, z, ld, W, n0, n1)
+  void (*span_generate)(int64_t, int64_t, const acc_t*, const acc_t*, const scalar_t*, int64_t,
+                        scalar_t*, int64_t, int64_t);
+  // (T, R, S, dW, ld, gz, ldg, n0, n1, accumulate)
+  void (*span_grad_reduced)(int64_t, int64_t, const acc_t*, const scalar_t*, int64_t, acc_t*,
+                            int64_t, int64_t, int64_t, bool);
+  // (T, R, dW, z, ld, n0, n1, gS, gb)
+  void (*span_grad_weight)(int64_t, int64_t, const scalar_t*, const scalar_t*, int64_t, int64_t,
+                           int64_t, acc_t*, acc_t*);
 };
 
 struct KernelTable {

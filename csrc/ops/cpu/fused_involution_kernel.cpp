@@ -1,0 +1,324 @@
+// CPU kernels of the fused ops fused_involution2d and fused_involution3d (one implementation,
+// `Dims` axes).
+//
+// The kernel W = span(z) is generated one (batch, group) slab at a time into a buffer of
+// taps x output pixels per thread (span_kernels.h), and the involution row kernels
+// (row_kernels.h) run on that slab as a problem of one sample and one group: W is written and
+// read back in the cache and never reaches the (B, G*taps, O...) tensor the unfused path
+// allocates, writes and reads. The backward regenerates W the same way, in two passes:
+//   * grad_input, slab by slab: W, then the input-gradient row kernel;
+//   * the rest, in units of one sample's output rows: for each group, the weight-gradient row
+//     kernel gives dW for the unit's rows, from which grad_reduced (summed over the groups in
+//     order, in the accumulation type), grad_span_weight and grad_span_bias (per-unit partial
+//     sums) follow. The partial sums are added unit after unit in a fixed order, so every
+//     result is deterministic and independent of the number of threads, without atomics.
+// Memory: one slab of W (or dW) per thread, taps * O... elements, and the partial sums, at most
+// a few times the input's size for any geometry.
+
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "../checks.h"
+#include "../dtypes.h"
+#include "../op_family.h"
+#include "scheduling.h"
+
+namespace involution {
+namespace cpu {
+
+namespace {
+
+using detail::OpFamily;
+
+// A fused problem: the involution geometry, the span conv's sizes, and the slab problem the row
+// kernels run on (one sample, one group of C/G channels).
+struct Fused {
+  Geometry g;
+  Geometry slab;  // batch 1, groups 1, channels C/G
+  int64_t taps = 0, reduced = 0, pixels = 0;
+
+  Fused(const Geometry& geometry, int64_t R) : g(geometry), slab(geometry) {
+    slab.batch = 1;
+    slab.groups = 1;
+    slab.channels = g.channels_per_group();
+    taps = g.taps();
+    reduced = R;
+    pixels = g.out_volume();
+  }
+  // Offsets of slab (b, group) in the features (B, C, I...) and the output (B, C, O...).
+  int64_t input_offset(int64_t b, int64_t group) const {
+    return (b * g.channels + group * g.channels_per_group()) * g.in_volume();
+  }
+  int64_t output_offset(int64_t b, int64_t group) const {
+    return (b * g.channels + group * g.channels_per_group()) * pixels;
+  }
+};
+
+// Runs fn(slab, W buffer) over the B*G slabs. Many slabs: each thread takes whole slabs and
+// uses its own buffer. Few slabs: one slab after another, each generated and aggregated by all
+// threads (fn gets `inner_threads` > 1 then). Either way each element is computed by one
+// fixed sum.
+template <typename scalar_t, typename F>
+void for_each_slab(const Fused& f, const F& fn) {
+  const int64_t slabs = f.g.batch * f.g.groups;
+  const int64_t threads = useful_threads(slabs, 1);
+  const size_t buffer = static_cast<size_t>(f.taps * f.pixels);
+  if (slabs >= 2 * threads) {
+    run_guided(threads, slabs, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> W(buffer);
+      for (int64_t s = begin; s < end; ++s) fn(s, W.data(), int64_t{1});
+    });
+    return;
+  }
+  std::vector<scalar_t> W(buffer);
+  const int64_t inner = at::in_parallel_region() ? 1 : at::get_num_threads();
+  for (int64_t s = 0; s < slabs; ++s) fn(s, W.data(), inner);
+}
+
+// W of slab (b, group) over all its pixels, with `threads` threads (columns split in blocks).
+template <typename scalar_t>
+void generate(const Fused& f, const Kernels<scalar_t>& k, const acc_type<scalar_t>* S,
+              const acc_type<scalar_t>* bias, const scalar_t* z, int64_t b, int64_t group,
+              scalar_t* W, int64_t threads) {
+  const acc_type<scalar_t>* S_g = S + group * f.taps * f.reduced;
+  const acc_type<scalar_t>* bias_g = bias ? bias + group * f.taps : nullptr;
+  const scalar_t* z_b = z + b * f.reduced * f.pixels;
+  constexpr int64_t kColumns = 256;  // columns per parallel block (a multiple of any vector)
+  const int64_t blocks = ceil_div(f.pixels, kColumns);
+  auto columns = [&](int64_t b0, int64_t b1) {
+    k.span_generate(f.taps, f.reduced, S_g, bias_g, z_b, f.pixels, W, b0 * kColumns,
+                    std::min(f.pixels, b1 * kColumns));
+  };
+  if (threads <= 1 || blocks < 2) {
+    columns(0, blocks);
+  } else {
+    at::parallel_for(0, blocks, 1, columns);
+  }
+}
+
+// Runs the row kernel `kernel` on slab tasks [0, tasks) with `threads` threads.
+template <typename scalar_t, typename Kernel>
+void slab_kernel(const Fused& f, Kernel kernel, int64_t tasks, int64_t row_width, const scalar_t* a,
+                 const scalar_t* b, scalar_t* out, int64_t threads) {
+  if (threads <= 1) {
+    kernel(f.slab, a, b, out, 0, tasks);
+    return;
+  }
+  const int64_t grain = task_grain(f.slab, row_width);
+  run_guided(std::min(threads, ceil_div(tasks, grain)), tasks, grain,
+             [&](int64_t begin, int64_t end) { kernel(f.slab, a, b, out, begin, end); });
+}
+
+template <typename scalar_t>
+void fused_forward(const Fused& f, const scalar_t* x, const scalar_t* z,
+                   const acc_type<scalar_t>* S, const acc_type<scalar_t>* bias, scalar_t* y) {
+  const auto& k = kernels().get<scalar_t>();
+  const auto kernel = pick_kernel<scalar_t>(f.slab, Pass::forward);
+  const int64_t tasks = output_row_tasks(f.slab);
+  for_each_slab<scalar_t>(f, [&](int64_t s, scalar_t* W, int64_t threads) {
+    const int64_t b = s / f.g.groups, group = s % f.g.groups;
+    generate(f, k, S, bias, z, b, group, W, threads);
+    slab_kernel(f, kernel, tasks, f.g.out[2], x + f.input_offset(b, group), W,
+                y + f.output_offset(b, group), threads);
+  });
+}
+
+template <typename scalar_t>
+void fused_backward_input(const Fused& f, const scalar_t* gy, const scalar_t* z,
+                          const acc_type<scalar_t>* S, const acc_type<scalar_t>* bias,
+                          scalar_t* gx) {
+  const auto& k = kernels().get<scalar_t>();
+  const auto kernel = pick_kernel<scalar_t>(f.slab, Pass::backward_input);
+  const int64_t tasks = input_row_tasks(f.slab);
+  for_each_slab<scalar_t>(f, [&](int64_t s, scalar_t* W, int64_t threads) {
+    const int64_t b = s / f.g.groups, group = s % f.g.groups;
+    generate(f, k, S, bias, z, b, group, W, threads);
+    slab_kernel(f, kernel, tasks, f.g.in[2], gy + f.output_offset(b, group), W,
+                gx + f.input_offset(b, group), threads);
+  });
+}
+
+// The gradients of reduced, span weight and span bias (any of them null: not wanted).
+template <typename scalar_t>
+void fused_backward_span(const Fused& f, const scalar_t* gy, const scalar_t* x, const scalar_t* z,
+                         const acc_type<scalar_t>* S, scalar_t* gz, acc_type<scalar_t>* gS,
+                         acc_type<scalar_t>* gb) {
+  using acc_t = acc_type<scalar_t>;
+  const auto& k = kernels().get<scalar_t>();
+  const auto kernel = pick_kernel<scalar_t>(f.slab, Pass::backward_weight);
+  const int64_t G = f.g.groups, T = f.taps, R = f.reduced, P = f.pixels;
+  const int64_t OH = f.g.out[1], OW = f.g.out[2];
+  // A unit: a run of one sample's output-row tasks, of about kUnitPixels pixels, or more where
+  // the partial sums (G*T*R per unit) would otherwise outgrow the tensors.
+  const int64_t tasks = output_row_tasks(f.slab), blocks = ceil_div(OH, kRowsPerTask);
+  const int64_t task_pixels = kRowsPerTask * OW;
+  const int64_t unit_pixels = std::max<int64_t>(4096, G * T * R / 4);
+  const int64_t unit_tasks = std::clamp<int64_t>(unit_pixels / task_pixels, 1, tasks);
+  const int64_t units_per_sample = ceil_div(tasks, unit_tasks);
+  const int64_t units = f.g.batch * units_per_sample;
+  auto first_pixel = [&](int64_t task) {  // of slab task `task`; P for task == tasks
+    if (task >= tasks) return P;
+    return ((task / blocks) * OH + (task % blocks) * kRowsPerTask) * OW;
+  };
+  std::vector<acc_t> gS_units(gS ? units * G * T * R : 0, acc_t(0));
+  std::vector<acc_t> gb_units(gb ? units * G * T : 0, acc_t(0));
+  const int64_t threads = useful_threads(units, 1);
+  run_guided(threads, units, 1, [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> dW(static_cast<size_t>(T * P));
+    std::vector<acc_t> gz_unit(gz ? static_cast<size_t>(R * unit_tasks * task_pixels) : 0);
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t b = u / units_per_sample;
+      const int64_t t0 = (u % units_per_sample) * unit_tasks;
+      const int64_t t1 = std::min(tasks, t0 + unit_tasks);
+      const int64_t n0 = first_pixel(t0), n1 = first_pixel(t1);
+      const int64_t width = n1 - n0;
+      const scalar_t* z_b = z + b * R * P;
+      for (int64_t group = 0; group < G; ++group) {
+        kernel(f.slab, gy + f.output_offset(b, group), x + f.input_offset(b, group), dW.data(), t0,
+               t1);
+        if (gz) {
+          k.span_grad_reduced(T, R, S + group * T * R, dW.data(), P, gz_unit.data(), width, n0, n1,
+                              group > 0);
+        }
+        if (gS || gb) {
+          k.span_grad_weight(T, R, dW.data(), z_b, P, n0, n1,
+                             gS ? gS_units.data() + (u * G + group) * T * R : nullptr,
+                             gb ? gb_units.data() + (u * G + group) * T : nullptr);
+        }
+      }
+      if (gz) {
+        for (int64_t r = 0; r < R; ++r) {
+          scalar_t* dst = gz + (b * R + r) * P + n0;
+          const acc_t* src = gz_unit.data() + r * width;
+          for (int64_t n = 0; n < width; ++n) dst[n] = static_cast<scalar_t>(src[n]);
+        }
+      }
+    }
+  });
+  // The units' partial sums, added in unit order.
+  if (gS) {
+    for (int64_t u = 0; u < units; ++u) {
+      const acc_t* src = gS_units.data() + u * G * T * R;
+      for (int64_t i = 0; i < G * T * R; ++i) gS[i] += src[i];
+    }
+  }
+  if (gb) {
+    for (int64_t u = 0; u < units; ++u) {
+      const acc_t* src = gb_units.data() + u * G * T;
+      for (int64_t i = 0; i < G * T; ++i) gb[i] += src[i];
+    }
+  }
+}
+
+at::MemoryFormat layout_of(const at::Tensor& t) { return t.suggest_memory_format(); }
+
+// A result allocated in the layout of `like` (contiguous or channels_last).
+at::Tensor empty_like_layout(at::IntArrayRef sizes, const at::Tensor& like) {
+  return at::empty(sizes, like.options().memory_format(layout_of(like)));
+}
+
+at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+template <int64_t Dims>
+at::Tensor fused_forward_cpu(const at::Tensor& input, const at::Tensor& reduced,
+                             const at::Tensor& span_weight,
+                             const std::optional<at::Tensor>& span_bias,
+                             at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                             at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const detail::Window window{stride, padding, dilation};
+  const auto sizes = detail::check_fused_forward(OpFamily<Dims>::fused_name, Dims, input, reduced,
+                                                 span_weight, span_bias, kernel_size, window);
+  const auto out_sizes = C10_AS_INTARRAYREF_SLOW(sizes.output);
+  at::Tensor out = empty_like_layout(out_sizes, input);
+  if (out.numel() == 0) return out;
+  const at::Tensor x = input.contiguous(), z = reduced.contiguous();
+  const at::Tensor S = span_weight.to(acc_dtype(input.scalar_type())).contiguous();
+  const bool has_bias = span_bias.has_value() && span_bias->defined();
+  const at::Tensor bias = has_bias ? span_bias->to(S.scalar_type()).contiguous() : at::Tensor();
+  at::Tensor y = out.is_contiguous() ? out : at::empty(out_sizes, input.options());
+  const Fused f(detail::make_fused_geometry(Dims, x.sizes(), out_sizes, kernel_size,
+                                            sizes.groups.expect_int(), window),
+                z.size(1));
+  INVOLUTION_DISPATCH_SUPPORTED_TYPES(x.scalar_type(), "fused_involution_cpu", [&] {
+    using acc_t = acc_type<scalar_t>;
+    fused_forward<scalar_t>(
+        f, x.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), S.const_data_ptr<acc_t>(),
+        has_bias ? bias.const_data_ptr<acc_t>() : nullptr, y.mutable_data_ptr<scalar_t>());
+  });
+  if (!y.is_same(out)) out.copy_(y);
+  return out;
+}
+
+template <int64_t Dims>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& reduced,
+    const at::Tensor& span_weight, const std::optional<at::Tensor>& span_bias,
+    at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation, std::array<bool, 4> mask) {
+  const detail::Window window{stride, padding, dilation};
+  const auto sizes =
+      detail::check_fused_backward(OpFamily<Dims>::fused_backward_name, Dims, grad_output, input,
+                                   reduced, span_weight, span_bias, kernel_size, window);
+  const bool has_bias = span_bias.has_value() && span_bias->defined();
+  const auto options = input.options();
+  const auto acc = acc_dtype(input.scalar_type());
+  at::Tensor gx = mask[0] ? empty_like_layout(input.sizes(), input) : at::empty({0}, options);
+  at::Tensor gz = mask[1] ? empty_like_layout(reduced.sizes(), reduced) : at::empty({0}, options);
+  at::Tensor gS =
+      mask[2] ? at::zeros(span_weight.sizes(), options.dtype(acc)) : at::empty({0}, options);
+  at::Tensor gb = mask[3] && has_bias ? at::zeros({span_weight.size(0)}, options.dtype(acc))
+                                      : at::empty({0}, options);
+  const bool span_side = mask[1] || mask[2] || (mask[3] && has_bias);
+  if (grad_output.numel() == 0 || input.numel() == 0) {
+    // No output element or no input channel contributes: every gradient is zero.
+    if (mask[0]) gx.zero_();
+    if (mask[1]) gz.zero_();
+  } else {
+    const at::Tensor gy = grad_output.contiguous(), x = input.contiguous(),
+                     z = reduced.contiguous();
+    const at::Tensor S = span_weight.to(acc).contiguous();
+    const at::Tensor bias = has_bias ? span_bias->to(acc).contiguous() : at::Tensor();
+    const Fused f(detail::make_fused_geometry(Dims, x.sizes(), gy.sizes(), kernel_size,
+                                              sizes.groups.expect_int(), window),
+                  z.size(1));
+    at::Tensor gx_c = !mask[0] || gx.is_contiguous() ? gx : at::empty(input.sizes(), options);
+    at::Tensor gz_c = !mask[1] || gz.is_contiguous() ? gz : at::empty(reduced.sizes(), options);
+    INVOLUTION_DISPATCH_SUPPORTED_TYPES(x.scalar_type(), "fused_involution_backward_cpu", [&] {
+      using acc_t = acc_type<scalar_t>;
+      if (mask[0]) {
+        fused_backward_input<scalar_t>(f, gy.const_data_ptr<scalar_t>(),
+                                       z.const_data_ptr<scalar_t>(), S.const_data_ptr<acc_t>(),
+                                       has_bias ? bias.const_data_ptr<acc_t>() : nullptr,
+                                       gx_c.mutable_data_ptr<scalar_t>());
+      }
+      if (span_side) {
+        fused_backward_span<scalar_t>(f, gy.const_data_ptr<scalar_t>(),
+                                      x.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(),
+                                      S.const_data_ptr<acc_t>(),
+                                      mask[1] ? gz_c.mutable_data_ptr<scalar_t>() : nullptr,
+                                      mask[2] ? gS.mutable_data_ptr<acc_t>() : nullptr,
+                                      mask[3] && has_bias ? gb.mutable_data_ptr<acc_t>() : nullptr);
+      }
+    });
+    if (mask[0] && !gx_c.is_same(gx)) gx.copy_(gx_c);
+    if (mask[1] && !gz_c.is_same(gz)) gz.copy_(gz_c);
+  }
+  if (mask[2]) gS = gS.to(input.scalar_type());
+  if (mask[3] && has_bias) gb = gb.to(input.scalar_type());
+  return {gx, gz, gS, gb};
+}
+
+}  // namespace
+}  // namespace cpu
+
+TORCH_LIBRARY_IMPL(involution, CPU, m) {
+  m.impl("fused_involution2d", TORCH_FN(cpu::fused_forward_cpu<2>));
+  m.impl("_fused_involution2d_backward", TORCH_FN(cpu::fused_backward_cpu<2>));
+  m.impl("fused_involution3d", TORCH_FN(cpu::fused_forward_cpu<3>));
+  m.impl("_fused_involution3d_backward", TORCH_FN(cpu::fused_backward_cpu<3>));
+}
+
+}  // namespace involution

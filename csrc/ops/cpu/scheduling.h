@@ -1,0 +1,143 @@
+#pragma once
+// How the CPU kernels are chosen and scheduled, shared by the involution ops
+// (involution_kernel.cpp) and the fused ops (fused_involution_kernel.cpp): the instruction set's
+// kernel table, the direct kernels for geometries whose staging buffers would be large, and the
+// guided self-scheduling of tasks over ATen's threads.
+
+#include <ATen/Parallel.h>
+#include <ATen/Version.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <string>
+
+#include "direct_kernels.h"
+#include "kernel_table.h"
+
+namespace involution {
+namespace cpu {
+
+// The kernels of the best instruction set that both the machine and ATen's CPU capability
+// (which ATEN_CPU_CAPABILITY=default|avx2|avx512 can lower) allow.
+inline const KernelTable& kernels() {
+  static const KernelTable* table = [] {
+    const KernelTable* t = nullptr;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    const std::string capability = at::get_cpu_capability();
+    if (capability == "AVX512" && __builtin_cpu_supports("avx512f") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512dq")) {
+      t = kernel_table_avx512();
+    }
+    if (t == nullptr && (capability == "AVX512" || capability == "AVX2") &&
+        __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+      t = kernel_table_avx2();
+    }
+#endif
+    return t != nullptr ? t : kernel_table_default();
+  }();
+  return *table;
+}
+
+// Scheduling (run_guided below): a task of an involution kernel costs about
+// kRowsPerTask * C/G * taps * row_width multiply-adds.
+//
+// The threads take tasks from a shared counter in chunks that shrink as the work runs out
+// (guided self-scheduling): each grab takes 1 / (2 * threads) of the tasks left, and at least
+// `grain`. The first, large chunks keep the kernel's per-call setup (its staging buffers) rare;
+// the last ones, of a task or a few, let the threads finish together, where equal fixed chunks
+// leave one thread idle for up to a chunk at the end. A thread that runs slower (a busy
+// neighbour on a shared host, a slower core) simply takes fewer chunks. Which thread runs a task
+// does not change its result.
+enum class Pass { forward, backward_input, backward_weight };
+
+// Elements the row kernels' staging buffers would take per thread (row_kernels.h: InputSlab for
+// forward and backward_weight, the staged grad_output and weight rows of backward_input), for
+// the widest SIMD type; in floating point, since for absurd geometries the count itself would
+// not fit in an int64.
+inline double staged_elements(const Geometry& g, Pass pass) {
+  constexpr double kLanes = 16, kChannelBlock = 8;
+  const double cpg = static_cast<double>(g.channels_per_group());
+  const double KD = g.kernel[0], KH = g.kernel[1], KW = g.kernel[2];
+  const double sh = g.stride[1], dh = g.dilation[1];
+  const double s = g.stride[2], p = g.padding[2], d = g.dilation[2];
+  auto round_up_d = [&](double n) { return std::ceil(n / kLanes) * kLanes; };
+  if (pass != Pass::backward_input) {
+    const double phase_len = round_up_d(g.out[2]) + std::floor((KW - 1) * d / s) + 1;
+    const double max_rows = (kRowsPerTask - 1) * sh + (KH - 1) * dh + 1;
+    return cpg * KD * max_rows * s * phase_len + s * phase_len;
+  }
+  const double m_padded = round_up_d(std::ceil(g.in[2] / s));
+  const double left = std::max(0.0, -std::floor((p - (KW - 1) * d) / s));
+  const double len = m_padded + std::floor((s - 1 + p) / s) + left;
+  const double max_out_rows = std::floor((kRowsPerTask - 1 + (KH - 1) * dh) / sh) + 1;
+  const double phases = std::min<double>(s, g.in[2]);
+  return cpg * KD * max_out_rows * len + KD * KH * KW * len + kChannelBlock * phases * m_padded +
+         s * m_padded;
+}
+
+// Whether a pass runs the direct kernels (direct_kernels.h) instead of the row kernels: when
+// the row kernels' buffers would exceed both 2^20 elements (4 MiB in float32) and 4 times the
+// (batch, group) slabs of the pass's tensors, i.e. when a stride, padding or dilation far
+// larger than the tensors would make the staged rows mostly zeros and gaps. Memory then stays
+// bounded by a small multiple of the tensors whatever the geometry.
+inline bool use_direct(const Geometry& g, Pass pass) {
+  const double slabs = static_cast<double>(g.channels_per_group()) * g.in_volume() +
+                       static_cast<double>(g.taps()) * g.out_volume() +
+                       static_cast<double>(g.channels_per_group()) * g.out_volume();
+  return staged_elements(g, pass) > std::max(double(1 << 20), 4 * slabs);
+}
+
+// The kernel of `pass` for a geometry: the row kernels of the best instruction set, or the
+// direct kernels (use_direct).
+template <typename scalar_t>
+typename Kernels<scalar_t>::Fn pick_kernel(const Geometry& g, Pass pass) {
+  if (use_direct(g, pass)) {
+    return pass == Pass::forward          ? &direct::forward<scalar_t>
+           : pass == Pass::backward_input ? &direct::backward_input<scalar_t>
+                                          : &direct::backward_weight<scalar_t>;
+  }
+  const auto& k = kernels().get<scalar_t>();
+  return pass == Pass::forward          ? k.forward
+         : pass == Pass::backward_input ? k.backward_input
+                                        : k.backward_weight;
+}
+
+// Tasks per grab that amortise a kernel call's setup: about 32K multiply-adds.
+inline int64_t task_grain(const Geometry& g, int64_t row_width) {
+  const int64_t task_work = kRowsPerTask * g.channels_per_group() * g.taps() * row_width;
+  return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, task_work));
+}
+
+// Threads worth using for `tasks` tasks grabbed `grain` at a time (1 inside a parallel region).
+inline int64_t useful_threads(int64_t tasks, int64_t grain) {
+  return std::min<int64_t>(at::in_parallel_region() ? 1 : at::get_num_threads(),
+                           ceil_div(tasks, grain));
+}
+
+// Runs fn(begin, end) over tasks [0, tasks) on `threads` threads, guided self-scheduling (see
+// above); with one thread, one call.
+template <typename F>
+void run_guided(int64_t threads, int64_t tasks, int64_t grain, const F& fn) {
+  if (threads <= 1) {  // one call, so the kernel sets up its buffers once
+    fn(int64_t{0}, tasks);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    int64_t begin = next.load(std::memory_order_relaxed);
+    while (begin < tasks) {
+      const int64_t left = tasks - begin;
+      const int64_t size = std::min(left, std::max(grain, left / (2 * threads)));
+      // On failure, begin is reloaded with the counter's current value.
+      if (next.compare_exchange_weak(begin, begin + size, std::memory_order_relaxed)) {
+        fn(begin, begin + size);
+        begin = next.load(std::memory_order_relaxed);
+      }
+    }
+  });
+}
+
+}  // namespace cpu
+}  // namespace involution
