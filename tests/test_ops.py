@@ -349,7 +349,8 @@ def test_every_cpu_instruction_set(capability):
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k",
          "not instruction_set and not more_than_2_pow_31",
-         os.path.join(here, "test_ops.py"), os.path.join(here, "test_ops3d.py")],
+         os.path.join(here, "test_ops.py"), os.path.join(here, "test_ops3d.py"),
+         os.path.join(here, "test_fused.py")],
         env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
     assert " passed" in out.stdout
