@@ -14,6 +14,8 @@ becomes:
   ``mask = weight.reshape(B, G*KH*KW, OH, OW)``. Stride, padding and dilation are attributes;
   batch and spatial sizes may be symbolic. The runtime still samples each tap bilinearly (at
   integer positions) and reads an offset tensor of zeros twice the kernel's size.
+* ``fused_involution2d`` and ``fused_involution3d``: the span convolution as a standard 1x1
+  ``Conv`` (in float32 for bfloat16), reshaped to the kernel, then as the unfused op below.
 * ``involution3d`` (DeformConv is 2-D only), ``involution2d`` below opset 19 and bfloat16: a
   decomposition into standard ops: one ``Pad``, then per tap a strided ``Slice`` of the input, a
   ``Slice`` of the kernel, a ``Mul`` and an ``Add`` (KD*KH*KW taps: 4 nodes and one
@@ -231,6 +233,37 @@ def _translate(b: _Builder, n: int, input, weight, x_shape: List[Optional[int]],
     return b.op("Reshape", acc, b.op("Concat", batch, b.ints([channels]), out, axis=0))
 
 
+def _translate_fused(b: _Builder, n: int, input, reduced, span_weight, span_bias,
+                     x_shape: List[Optional[int]], z_shape: List[Optional[int]],
+                     s_shape: List[Optional[int]], kernel_size, stride, padding, dilation):
+    """The ONNX graph of fused involution: the span conv as a standard 1x1 ``Conv``, its output
+    reshaped to the kernel (B, G, K..., O...), then the involution's translation."""
+    name = f"fused_involution{n}d"
+    kernel = list(kernel_size)
+    if len(kernel) != n or len(z_shape) != n + 2 or len(s_shape) != n + 2:
+        raise ValueError(
+            f"involution.onnx: {name} expects {n} kernel sizes, a {n + 2}-D reduced tensor and "
+            f"a {n + 2}-D span weight, got {kernel}, shapes {z_shape} and {s_shape}")
+    taps = math.prod(kernel)
+    if s_shape[0] is None or s_shape[0] % taps:
+        raise ValueError(f"involution.onnx: exporting {name} needs a static span_weight.size(0) "
+                         f"that is a multiple of the {taps} taps, got {s_shape[0]}")
+    groups = s_shape[0] // taps
+    operands = [reduced, span_weight] + ([span_bias] if span_bias is not None else [])
+    # Conv takes bfloat16 only from opset 22: the span conv then runs in float32.
+    bfloat16 = b.dtype == torch.bfloat16
+    if bfloat16:
+        operands = [b.cast(v, torch.float32) for v in operands]
+    kernel_flat = b.op("Conv", *operands)
+    if bfloat16:
+        kernel_flat = b.cast(kernel_flat, torch.bfloat16)
+    weight = b.op("Reshape", kernel_flat,
+                  b.op("Concat", _dims(b, reduced, z_shape, 0, 1), b.ints([groups] + kernel),
+                       _dims(b, reduced, z_shape, 2, 2 + n), axis=0))
+    w_shape = [z_shape[0], groups] + kernel + list(z_shape[2:])
+    return _translate(b, n, input, weight, x_shape, w_shape, stride, padding, dilation)
+
+
 # ------------------------------------------------------------------------------ dynamo exporter
 
 _IR_TO_TORCH = {
@@ -265,13 +298,32 @@ def _onnxscript_translation(n: int) -> Callable:
     return translate
 
 
+def _onnxscript_fused_translation(n: int) -> Callable:
+    def translate(input, reduced, span_weight, span_bias, kernel_size: Sequence[int],
+                  stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int]):
+        x_shape, dtype = _ir_info(input, "input")
+        z_shape, _ = _ir_info(reduced, "reduced tensor")
+        s_shape, _ = _ir_info(span_weight, "span weight")
+        return _translate_fused(_OnnxscriptBuilder(dtype), n, input, reduced, span_weight,
+                                span_bias, x_shape, z_shape, s_shape, kernel_size, stride,
+                                padding, dilation)
+
+    translate.__name__ = translate.__qualname__ = f"fused_involution{n}d"
+    translate.__doc__ = f"onnxscript translation of torch.ops.involution.fused_involution{n}d."
+    return translate
+
+
 involution2d = _onnxscript_translation(2)
 involution3d = _onnxscript_translation(3)
+fused_involution2d = _onnxscript_fused_translation(2)
+fused_involution3d = _onnxscript_fused_translation(3)
 
 #: {torch op: onnxscript translation}, for ``torch.onnx.export(..., custom_translation_table=)``.
 custom_translation_table: Dict[Any, Callable] = {
     torch.ops.involution.involution2d.default: involution2d,
     torch.ops.involution.involution3d.default: involution3d,
+    torch.ops.involution.fused_involution2d.default: fused_involution2d,
+    torch.ops.involution.fused_involution3d.default: fused_involution3d,
 }
 
 
@@ -331,6 +383,32 @@ def _torchscript_symbolic(n: int) -> Callable:
     return symbolic
 
 
+def _torchscript_fused_symbolic(n: int) -> Callable:
+    def symbolic(g, input, reduced, span_weight, span_bias, kernel_size, stride, padding,
+                 dilation):
+        from torch.onnx._internal.torchscript_exporter import _type_utils, symbolic_helper
+
+        name = f"fused_involution{n}d"
+        if g.opset < _TORCHSCRIPT_MIN_OPSET:
+            raise ValueError(f"involution.onnx: exporting {name} needs opset >= "
+                             f"{_TORCHSCRIPT_MIN_OPSET}, got opset_version={g.opset}")
+        params = [symbolic_helper._get_const(v, "is", k)
+                  for v, k in ((kernel_size, "kernel_size"), (stride, "stride"),
+                               (padding, "padding"), (dilation, "dilation"))]
+        shapes = [symbolic_helper._get_tensor_sizes(v) for v in (input, reduced, span_weight)]
+        if any(shape is None for shape in shapes):
+            raise ValueError(f"involution.onnx: exporting {name} needs the ranks of the input, "
+                             "reduced tensor and span weight, which the traced graph does not "
+                             "give")
+        bias = None if symbolic_helper._is_none(span_bias) else span_bias
+        dtype = _type_utils.JitScalarType.from_value(input).dtype()
+        return _translate_fused(_TorchScriptBuilder(g, dtype), n, input, reduced, span_weight,
+                                bias, *(list(shape) for shape in shapes), *params)
+
+    symbolic.__name__ = f"fused_involution{n}d_symbolic"
+    return symbolic
+
+
 def _register_torchscript_symbolics() -> None:
     import torch.onnx
 
@@ -341,6 +419,7 @@ def _register_torchscript_symbolics() -> None:
         # Registered at the base opset so that lower opsets get the clear error above instead
         # of "unrecognized namespace".
         register(f"involution::involution{n}d", _torchscript_symbolic(n), 9)
+        register(f"involution::fused_involution{n}d", _torchscript_fused_symbolic(n), 9)
 
 
 _register_torchscript_symbolics()
