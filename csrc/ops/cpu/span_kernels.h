@@ -175,7 +175,7 @@ void span_grad_weight(int64_t T, int64_t R, const scalar_t* dW, const scalar_t* 
     }
   };
   using std::integral_constant;
-  int64_t t = 0;
+  int64_t t = gS != nullptr ? 0 : T;  // no gS wanted: only gb below
   for (; t + MT <= T; t += MT) {
     int64_t k = 0;
     for (; k + MK <= R; k += MK)
