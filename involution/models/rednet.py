@@ -52,11 +52,22 @@ class RedNetInvolution(nn.Module):
     input size under ``torch.compile(dynamic=True)`` and ``torch.export``): identical to the
     official ``AvgPool2d(stride, stride)`` when the size is divisible by the stride, and still
     the op's output size ``ceil(H / stride)`` when it is not (the official block crashes there).
+
+    With ``fused=True`` (the default) the last two lines run as one op,
+    ``fused_involution2d(x, relu(bn(reduce(pool(x)))), span.weight, span.bias, ...)``, which
+    computes each pixel's kernel where it is used: the (B, G*K*K, OH, OW) kernel tensor, about
+    3 times the block's input, is neither allocated nor saved for backward. ``fused=False``
+    runs the span conv and the involution op separately; the parameters, the state_dict and the
+    results (to rounding) are the same. If ``span`` is replaced by anything other than a plain
+    1x1 ``nn.Conv2d``, the block runs unfused.
     """
 
+    __constants__ = ["fused"]
+
     def __init__(self, channels: int, kernel_size: int = 7, stride: int = 1,
-                 group_channels: int = 16, reduction_ratio: int = 4) -> None:
+                 group_channels: int = 16, reduction_ratio: int = 4, fused: bool = True) -> None:
         super().__init__()
+        self.fused = bool(fused)
         if channels % group_channels != 0:
             raise ValueError(f"channels ({channels}) must be a multiple of {group_channels}")
         if kernel_size % 2 != 1:
@@ -73,7 +84,7 @@ class RedNetInvolution(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"{self.channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"groups={self.groups}")
+                f"groups={self.groups}" + ("" if self.fused else ", fused=False"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.stride
@@ -84,11 +95,19 @@ class RedNetInvolution(nn.Module):
             out = [(x.shape[2] + s - 1) // s, (x.shape[3] + s - 1) // s]
             pooled = _rescale_overhang(
                 F.avg_pool2d(_pad_to_windows(x, [s, s], out), [s, s], [s, s]), x, [s, s], out)
-        kernel = self.span(self.relu(self.bn(self.reduce(pooled))))
-        b, _, h, w = kernel.shape
+        reduced = self.relu(self.bn(self.reduce(pooled)))
         k = self.kernel_size
-        kernel = kernel.view(b, self.groups, k, k, h, w)  # g-major, then kh, kw
         p = (k - 1) // 2
+        if self.fused:
+            span = self.span
+            if isinstance(span, nn.Conv2d):
+                if (span.kernel_size == (1, 1) and span.stride == (1, 1) and span.padding == (0, 0)
+                        and span.dilation == (1, 1) and span.groups == 1):
+                    return torch.ops.involution.fused_involution2d(
+                        x, reduced, span.weight, span.bias, [k, k], [s, s], [p, p], [1, 1])
+        kernel = self.span(reduced)
+        b, _, h, w = kernel.shape
+        kernel = kernel.view(b, self.groups, k, k, h, w)  # g-major, then kh, kw
         return torch.ops.involution.involution2d(x, kernel, [s, s], [p, p], [1, 1])
 
 
@@ -99,12 +118,13 @@ class RedNetBottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1,
+                 fused: bool = True) -> None:
         super().__init__()
         mid = out_channels // self.expansion
         self.conv1 = nn.Conv2d(in_channels, mid, kernel_size=1, bias=False)
         self.bn1 = nn.BatchNorm2d(mid)
-        self.involution = RedNetInvolution(mid, kernel_size=7, stride=stride)
+        self.involution = RedNetInvolution(mid, kernel_size=7, stride=stride, fused=fused)
         self.bn2 = nn.BatchNorm2d(mid)
         self.conv3 = nn.Conv2d(mid, out_channels, kernel_size=1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
@@ -143,6 +163,9 @@ class RedNet(nn.Module):
             backbone). Without it a freshly built network's activations grow through the
             involutions (each multiplies the features by a kernel computed from them, so
             magnitudes square), and RedNet-50 in eval mode overflows to NaN logits.
+        fused: run every involution block as the fused op (default True; see
+            :class:`RedNetInvolution`). ``False`` stores each generated kernel, as the official
+            code does; the parameters and results are the same.
 
     Initialisation (as mmcls): convolutions Kaiming-normal (fan_out, ReLU gain), conv biases
     zero, BN weight 1 and bias 0, the head normal(0, 0.01) with zero bias.
@@ -154,7 +177,7 @@ class RedNet(nn.Module):
     """
 
     def __init__(self, stage_blocks: Sequence[int], num_classes: int = 1000,
-                 zero_init_residual: bool = True) -> None:
+                 zero_init_residual: bool = True, fused: bool = True) -> None:
         super().__init__()
         stage_blocks = tuple(stage_blocks)
         if len(stage_blocks) != 4 or not all(isinstance(n, int) and n >= 1
@@ -166,7 +189,7 @@ class RedNet(nn.Module):
             ("conv1", nn.Conv2d(3, 32, kernel_size=3, stride=2, padding=1, bias=False)),
             ("bn1", nn.BatchNorm2d(32)),
             ("relu1", nn.ReLU(inplace=True)),
-            ("involution", RedNetInvolution(32, kernel_size=3, stride=1)),
+            ("involution", RedNetInvolution(32, kernel_size=3, stride=1, fused=fused)),
             ("bn2", nn.BatchNorm2d(32)),
             ("relu2", nn.ReLU(inplace=True)),
             ("conv2", nn.Conv2d(32, 64, kernel_size=3, stride=1, padding=1, bias=False)),
@@ -177,8 +200,9 @@ class RedNet(nn.Module):
         in_channels = 64
         for i, (blocks, stride) in enumerate(zip(stage_blocks, (1, 2, 2, 2))):
             out_channels = 256 * 2 ** i
-            layer = [RedNetBottleneck(in_channels, out_channels, stride)]
-            layer += [RedNetBottleneck(out_channels, out_channels) for _ in range(blocks - 1)]
+            layer = [RedNetBottleneck(in_channels, out_channels, stride, fused)]
+            layer += [RedNetBottleneck(out_channels, out_channels, fused=fused)
+                      for _ in range(blocks - 1)]
             self.add_module(f"layer{i + 1}", nn.Sequential(*layer))
             in_channels = out_channels
         self.avgpool = nn.AdaptiveAvgPool2d(1)
@@ -229,7 +253,7 @@ _LOADING = """
 
 def rednet26(num_classes: int = 1000, **kwargs: Any) -> RedNet:
     """RedNet-26: stages (1, 2, 4, 1); 9,233,166 parameters with 1000 classes (paper: 9.23M,
-    ImageNet top-1 75.96). ``kwargs`` go to :class:`RedNet` (``zero_init_residual``)."""
+    ImageNet top-1 75.96). ``kwargs`` go to :class:`RedNet` (``zero_init_residual``, ``fused``)."""
     return _rednet(26, num_classes, **kwargs)
 
 
