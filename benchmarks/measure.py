@@ -19,7 +19,7 @@ import os
 import resource
 import statistics
 import time
-from typing import Callable, Dict, List, NamedTuple
+from typing import Callable, Dict, List, NamedTuple, Optional
 
 import torch
 
@@ -168,55 +168,152 @@ def wake_thread_pool(device: torch.device, threads: int) -> None:
         torch.zeros(threads * 32768).add_(1)
 
 
-def time_pass(fn: Callable, spec: Dict, sync: Callable) -> float:
-    """Median seconds of fn over spec["repeats"] runs after spec["warmup"] runs; a pass slower
-    than spec["budget_s"] in all stops after 3 runs (deform_conv2d's backward takes seconds)."""
-    for _ in range(spec["warmup"]):
-        fn()
-    sync()
-    samples: List[float] = []
-    while len(samples) < spec["repeats"]:
-        start = time.perf_counter()
-        fn()
-        sync()
-        samples.append(time.perf_counter() - start)
-        if len(samples) >= 3 and sum(samples) > spec.get("budget_s", float("inf")):
+# glibc's posix_memalign (torch's CPU allocator asks for 64-byte alignment) takes the block plus
+# the alignment's slack from its heap and hands the unused tail back as a small free chunk. That
+# chunk goes into the thread's tcache, which keeps it marked in use, so the block, once freed,
+# cannot merge with its neighbours, and the next request of the same size (block + slack) does
+# not fit the hole it left: the heap grows by one block, whose pages are written for the first
+# time (page faults: about 1 ms per 3 MiB on the benchmark machine). This goes on until the
+# tcache's bin for the tail's size is full (7 chunks): a loop that allocates and frees one size
+# grows the heap on each of its first 9 allocations, then reuses it. A network's steady state
+# does not pay this; a benchmark that timed 5 runs of each pass in turn after one warm-up run
+# did, in whichever pass came first, and the heap's growth shows no steady pattern from round to
+# round. It made the backward of our op read slower than its forward+backward. So before the
+# timed rounds the workers grow the heap by HEAP_RESERVE of written memory and free it at once
+# (reserve_heap): growth then reuses pages already written, as in a process that has run for a
+# while; blocks above the mmap threshold (32 MiB in the workers) still come fresh at every call.
+HEAP_RESERVE = 512 * 2 ** 20
+MAX_WARMUP_ROUNDS = 30
+
+
+def reserve_heap(nbytes: int = HEAP_RESERVE) -> None:
+    """Takes nbytes from the C heap in 256 KiB blocks (small enough to fill the holes in a heap
+    that malloc_trim handed back, as peak_rise does; below the workers' mmap threshold), writes
+    them and frees them: the heap keeps the written pages (the workers' trim threshold is 1 TiB)
+    for the blocks that later passes take. Where the heap would hand them back anyway (glibc's
+    defaults), it costs the writing and changes nothing."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    block = 256 * 2 ** 10
+    blocks = []
+    for _ in range(nbytes // block):
+        pointer = libc.malloc(block)
+        if not pointer:
             break
-    return statistics.median(samples)
+        ctypes.memset(pointer, 0, block)
+        blocks.append(pointer)
+    for pointer in reversed(blocks):
+        libc.free(pointer)
 
 
-def interleaved_rounds(device: torch.device, runs: List[tuple], spec: Dict) -> List[Dict]:
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+_MALLINFO2 = []
+
+
+def heap_bytes() -> Optional[int]:
+    """Bytes that the C heap of every arena holds from the system (glibc's mallinfo2().arena;
+    blocks mmapped on their own, above the mmap threshold, are not counted), None without glibc
+    2.33 or later."""
+    if not _MALLINFO2:
+        try:
+            fn = ctypes.CDLL("libc.so.6").mallinfo2
+            fn.restype = _Mallinfo2
+            _MALLINFO2.append(fn)
+        except (OSError, AttributeError):
+            _MALLINFO2.append(None)
+    return _MALLINFO2[0]().arena if _MALLINFO2[0] is not None else None
+
+
+def minor_faults() -> int:
+    """Page faults of this process so far (every thread) served without I/O: first touches of
+    fresh memory."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def interleaved_rounds(device: torch.device, runs: List[tuple], spec: Dict,
+                       stats: Optional[Dict] = None,
+                       heap: Callable[[], Optional[int]] = heap_bytes) -> List[Dict]:
     """Times runs [(threads, {kind: fn})] in interleaved rounds: every round runs each run's
     functions once, each after a small op wakes the thread pool, so the shared machine's drift
-    touches all of them alike. Returns, per run, the median seconds of each kind after
-    spec["warmup"] rounds over spec["repeats"]."""
+    touches all of them alike, and none pays for the state another left (as whole passes in a
+    fixed order did: see HEAP_RESERVE). Returns, per run, the median seconds of each
+    kind over spec["repeats"] rounds; after 3, the rounds stop once one function has taken
+    spec["budget_s"] in all (deform_conv2d's backward takes seconds).
+
+    Warm-up: one round, then on the CPU reserve_heap(spec.get("heap_reserve", HEAP_RESERVE)),
+    then rounds until there have been spec["warmup"] and one neither grew the C heap (`heap`)
+    nor page-faulted more than the round before, at most MAX_WARMUP_ROUNDS or, past
+    spec["warmup"], spec["budget_s"] of warm-up. `stats`, where given, receives
+    "warmup_rounds", "rounds" and "faults": per run and kind, the most page faults of one timed
+    call (0 once the heap is steady; blocks above the mmap threshold fault at every call)."""
     sync = synchronizer(device)
-    samples = [{kind: [] for kind in fns} for _, fns in runs]
-    for round_index in range(spec["warmup"] + spec["repeats"]):
-        for (threads, fns), out in zip(runs, samples):
+    budget = spec.get("budget_s", float("inf"))
+
+    def one_round(samples=None, faults=None):
+        for i, (threads, fns) in enumerate(runs):
             torch.set_num_threads(threads)
             for kind, fn in fns.items():
                 wake_thread_pool(device, threads)
                 sync()
+                before = minor_faults()
                 start = time.perf_counter()
                 fn()
                 sync()
-                if round_index >= spec["warmup"]:
-                    out[kind].append(time.perf_counter() - start)
+                elapsed = time.perf_counter() - start
+                if samples is not None:
+                    samples[i][kind].append(elapsed)
+                    faults[i][kind].append(minor_faults() - before)
+
+    warmup, warm_start, last_faults = 0, time.perf_counter(), None
+    steady_check = device.type == "cpu" and heap() is not None
+    while True:
+        heap_before, faults_before = (heap() if steady_check else None), minor_faults()
+        one_round()
+        warmup += 1
+        faults = minor_faults() - faults_before
+        if warmup == 1 and device.type == "cpu":  # after a first round, which may compile
+            reserve_heap(spec.get("heap_reserve", HEAP_RESERVE))
+            heap_before = heap() if steady_check else None
+        steady = not steady_check or (heap() == heap_before and last_faults is not None
+                                      and faults <= last_faults)
+        last_faults = faults
+        if warmup >= spec["warmup"] and (steady or warmup >= MAX_WARMUP_ROUNDS
+                                         or time.perf_counter() - warm_start > budget):
+            break
+    samples = [{kind: [] for kind in fns} for _, fns in runs]
+    faults = [{kind: [] for kind in fns} for _, fns in runs]
+    while len(samples[0][next(iter(samples[0]))]) < spec["repeats"]:
+        one_round(samples, faults)
+        if len(samples[0][next(iter(samples[0]))]) >= 3 and any(
+                sum(v) > budget for s in samples for v in s.values()):
+            break
+    if stats is not None:
+        stats.update(warmup_rounds=warmup, rounds=len(samples[0][next(iter(samples[0]))]),
+                     faults=[{k: max(v) for k, v in f.items()} for f in faults])
     return [{kind: statistics.median(v) for kind, v in s.items()} for s in samples]
 
 
 def op_worker(spec: Dict) -> Dict:
     """One implementation on one shape: the peak memory rise of one forward+backward, then the
-    medians of forward, backward (both gradients) and forward+backward, and the max |difference|
-    of its output to our op's. Inputs and our output come from the file spec["inputs"]."""
+    medians of forward, backward (both gradients, on a retained graph) and forward+backward,
+    timed in interleaved rounds after the heap is steady, and the max |difference| of its output
+    to our op's. Inputs and our output come from the file spec["inputs"]."""
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
     impl = implementation(spec["impl"])
     data = torch.load(spec["inputs"])
     x, w, gy = (data[k].to(device) for k in ("x", "w", "gy"))
     params = spec["params"]
-    sync = synchronizer(device)
     x.requires_grad_()
     w.requires_grad_()
 
@@ -239,9 +336,12 @@ def op_worker(spec: Dict) -> Dict:
     def backward():
         torch.autograd.grad(y, (x, w), gy, retain_graph=True)
 
-    times = {name: time_pass(fn, spec, sync)
-             for name, fn in zip(PASSES, (forward, backward, forward_backward))}
-    return {"times": times, "peak_bytes": peak, "max_abs_diff": diff}
+    stats: Dict = {}
+    times = interleaved_rounds(device, [(spec["threads"], dict(zip(
+        PASSES, (forward, backward, forward_backward))))], spec, stats)[0]
+    return {"times": times, "peak_bytes": peak, "max_abs_diff": diff,
+            "faults": stats["faults"][0], "warmup_rounds": stats["warmup_rounds"],
+            "rounds": stats["rounds"]}
 
 
 def compare_worker(spec: Dict) -> Dict:

@@ -46,8 +46,31 @@ def format_table(result: Dict) -> str:
         "peak MiB: rise of the process's peak memory during one forward+backward; "
         "inputs + weight + grad_output of the largest shape: "
         f"{max(r['io_bytes'] for r in result['rows']) / 2 ** 20:.1f} MiB"]
+    lines += [fresh_memory_note(result["rows"], ["ours"] + peers, PEER_LABELS)] if any(
+        "faults" in r["ours"] for r in result["rows"]) else []
     lines += result.get("notes", [])
     return "\n".join(lines)
+
+
+def fresh_memory_note(rows: List[Dict], impls: List[str], labels: Dict[str, str]) -> str:
+    """How much never-touched memory the timed calls wrote (the most page faults of one timed
+    call times the page size, the largest over shapes and passes): 0 once the C heap is steady;
+    blocks above glibc's mmap threshold (32 MiB in the workers) come from fresh mmaps at every
+    call, and their page faults are part of the pass's time."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    worst = []
+    for impl in impls:
+        faults = [(v, r["shape"]["name"], k) for r in rows if "faults" in r[impl]
+                  for k, v in r[impl]["faults"].items()]
+        if faults:
+            v, name, kind = max(faults)
+            mib = v * page / 2 ** 20
+            worst.append(f"{labels.get(impl, impl)} {mib:.1f} MiB"
+                         + (f" ({name} {kind})" if mib >= 0.05 else ""))
+    rounds = [r[i]["warmup_rounds"] for r in rows for i in impls if "warmup_rounds" in r[i]]
+    return ("fresh memory written by a timed call (page faults x page size, the most of any "
+            "call, shape and pass; the passes ran in interleaved rounds after a heap reserve and "
+            f"{min(rounds)}-{max(rounds)} warm-up rounds): " + ", ".join(worst))
 
 
 def config_label(config) -> str:

@@ -166,3 +166,54 @@ def test_models_spread_ignores_one_stalled_round():
 
     assert endtoend.iqr_spread([1.0, 2.0, 3.0, 4.0, 100.0]) == pytest.approx(2 / 3)
     assert endtoend.iqr_spread([2.0]) == 0.0
+
+
+def test_warmup_lasts_until_the_heap_stops_growing():
+    """The timed rounds start once a warm-up round no longer grows the C heap (glibc's
+    posix_memalign grows it by one block on each of the first 8 or 9 allocations of a size,
+    and the fresh pages fault: this made the backward read slower than forward+backward)."""
+    import torch
+
+    import measure
+
+    calls = []
+    spec = {"warmup": 1, "repeats": 3, "heap_reserve": 0}
+
+    def grows_for(n):
+        return lambda: min(len(calls), n)  # the heap grows on each of the first n calls
+
+    stats = {}
+    runs = [(1, {"pass": lambda: calls.append(1)})]
+    times = measure.interleaved_rounds(torch.device("cpu"), runs, spec, stats, heap=grows_for(6))
+    assert stats["warmup_rounds"] >= 7 and stats["rounds"] == 3
+    assert len(calls) == stats["warmup_rounds"] + 3 and times[0]["pass"] > 0
+    assert set(stats["faults"][0]) == {"pass"}
+
+    calls.clear()
+    measure.interleaved_rounds(torch.device("cpu"), runs, spec, stats, heap=grows_for(10 ** 6))
+    assert stats["warmup_rounds"] == measure.MAX_WARMUP_ROUNDS  # never steady: capped
+
+
+def test_timed_passes_touch_no_fresh_memory(tmp_path):
+    """Our op's forward, backward and forward+backward at RedNet-50's stage2 (gradients of 3 and
+    10 MiB), timed by the benchmark's worker in its own process with the benchmark's malloc
+    settings: no timed call writes memory never touched before (at most a few stray pages), so
+    none pays for the heap's growth. With one warm-up round and no heap reserve, 2 runs in 3
+    had a timed call fault a whole weight gradient (2401 pages)."""
+    import torch
+
+    import measure
+    import run
+
+    if measure.heap_bytes() is None:
+        pytest.skip("needs glibc's mallinfo2")
+    shape = next(s for s in measure.REDNET50_SHAPES if s.name == "stage2")
+    x, w, gy, params = measure.make_inputs(shape, 8, torch.float32, torch.device("cpu"))
+    y = measure.implementation("ours")(x, w, *params)
+    inputs = str(tmp_path / "inputs.pt")
+    torch.save({"x": x, "w": w, "gy": gy, "y": y}, inputs)
+    out = run.run_worker({"kind": "op", "impl": "ours", "inputs": inputs, "params": params,
+                          "device": "cpu", "threads": 1, "repeats": 5, "warmup": 1})
+    assert set(out["faults"]) == {"forward", "backward", "forward+backward"}
+    assert max(out["faults"].values()) <= 16, out["faults"]  # 64 KiB
+    assert out["rounds"] == 5 and out["warmup_rounds"] >= 2 and out["max_abs_diff"] == 0
