@@ -50,17 +50,100 @@ def _rescale_overhang(pooled: torch.Tensor, input: torch.Tensor, stride: List[in
             continue
         starts = torch.arange(out[i], device=input.device) * s
         covered = (input.shape[2 + i] - starts).clamp(max=s)
-        shape = [1] * (dims + 2)
-        shape[2 + i] = out[i]
+        # Shaped (out[i], 1, ...) over the axes from i on, broadcast over the leading ones. As
+        # a view (B=1, C=1, ..., out[i], ...) it had strides (out[i], out[i], ..., 1), and when
+        # training at a second size (symbolic sizes) inductor failed to order them while saving
+        # it for backward ("cannot determine truth value of Relational: 1 < out"; its
+        # get_stride_order sorts symbolic strides without the shape environment:
+        # pytorch/pytorch#185510). The leading size-1 axes were what it could not order.
+        shape = [out[i]] + [1] * (dims - 1 - i)
         pooled = pooled * (s / covered).to(pooled.dtype).view(shape)
     return pooled
+
+
+@torch.jit.unused
+def _tracing() -> bool:
+    """Whether torch.compile, torch.export or a torch.onnx exporter is tracing the module."""
+    return torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+
+
+def _window_pool(input: torch.Tensor, out: List[int], stride: List[int], keep: List[bool],
+                 adaptive: bool) -> torch.Tensor:
+    """The kernel-branch pooling of layers without "same" padding, for traced graphs: each
+    spatial axis is multiplied by an (out, size) matrix that averages each output's window.
+
+    The windows are the ones eager mode pools over: ``[j * s, min(j * s + s, size))`` (floor
+    mode where they tile the input, ceil mode where the last one overhangs) when the output size
+    is ``floor(size / s)`` on every axis or ``ceil(size / s)`` on every axis, adaptive windows
+    ``[floor(j * size / out), ceil((j + 1) * size / out))`` otherwise, or always with
+    ``adaptive``. The choice is a tensor here, not a Python branch on the size, so the graph
+    holds for every size: no guard (torch.compile reuses it, torch.export and torch.onnx keep
+    height and width dynamic). And it avoids two PyTorch bugs: inductor's lowering of
+    ``adaptive_avg_pool2d`` fails for a symbolic output size (pytorch/pytorch#185575), and on
+    the CPU inductor's multi-threaded scatter-add, the backward of a gather from prefix sums,
+    writes out of bounds (pytorch/pytorch#191837). ``torch.onnx`` exports no
+    ``adaptive_avg_pool3d`` and no output size computed from the input's. It costs
+    O(size * out) per row and axis instead of O(size), which is why eager mode and TorchScript
+    keep the ATen pooling kernels. ``keep[i]``: the output size is the input size on axis i for
+    every size, so the axis is left as it is."""
+    dims = len(out)
+    device = input.device
+    j_all: List[torch.Tensor] = []
+    floor_all = torch.ones((), dtype=torch.bool, device=device)
+    ceil_all = torch.ones((), dtype=torch.bool, device=device)
+    for i in range(dims):
+        n, s = input.shape[2 + i], stride[i]
+        j = torch.arange(out[i], device=device)
+        j_all.append(j)
+        if not adaptive:
+            # floor: out * s <= n < out * s + s; ceil: out * s - s < n <= out * s.
+            floor_all = floor_all & (j * s + s <= n).all() & (n - j * s < 2 * s).any()
+            ceil_all = ceil_all & (j * s < n).all() & (n - j * s <= s).any()
+    use_stride = floor_all | ceil_all
+    wide = torch.float32 if input.dtype == torch.float16 or input.dtype == torch.bfloat16 \
+        else input.dtype
+    x = input.to(wide)
+    for i in range(dims):
+        if keep[i]:
+            continue
+        n, o, s, j = input.shape[2 + i], out[i], stride[i], j_all[i]
+        start = torch.div(j * n, o, rounding_mode="floor")
+        end = torch.div((j + 1) * n + o - 1, o, rounding_mode="floor")
+        if not adaptive:
+            start = torch.where(use_stride, j * s, start)
+            end = torch.where(use_stride, (j * s + s).clamp(max=n), end)
+        k = torch.arange(n, device=device)
+        inside = ((k >= start.unsqueeze(1)) & (k < end.unsqueeze(1))).to(wide)  # (o, n)
+        if i == dims - 1:
+            x = torch.matmul(x, inside.t())
+        elif i == dims - 2:
+            x = torch.matmul(inside, x)
+        else:  # the depth axis of (B, C, D, H, W): contract D of (B, C, D, H * W)
+            b, c, h, w = x.shape[0], x.shape[1], x.shape[3], x.shape[4]
+            x = torch.matmul(inside, x.flatten(3)).view([b, c, o, h, w])
+        # Window sums to averages. Dividing here rather than in the matrix also keeps the
+        # matmul's output, a view, from being what the next layer saves for backward: inductor
+        # fails to order a saved view's symbolic strides (see _rescale_overhang).
+        x = x / (end - start).to(wide).view([o] + [1] * (dims - 1 - i))
+    return x.to(input.dtype)
+
+
+def _is_pointwise(kernel_size: List[int], stride: List[int], padding: List[int],
+                  dilation: List[int], groups: int, padding_mode: str) -> bool:
+    """Whether a conv with these settings is a plain 1x1 (or 1x1x1) conv, which the fused op
+    can run."""
+    plain = groups == 1 and padding_mode == "zeros"
+    for i in range(len(kernel_size)):
+        plain = plain and kernel_size[i] == 1 and stride[i] == 1 and padding[i] == 0
+        plain = plain and dilation[i] == 1
+    return plain
 
 
 class _InvolutionNd(nn.Module):
     """The kernel-generation branch around the involution op, for 2 or 3 spatial axes."""
 
     _spatial_dims = 2  # set by each subclass
-    __constants__ = ["_dims", "_same_padding", "_unit_stride"]
+    __constants__ = ["_dims", "_same_padding", "_unit_stride", "fused"]
 
     def __init__(
         self,
@@ -75,6 +158,7 @@ class _InvolutionNd(nn.Module):
         padding: IntOrPair,
         bias: bool,
         force_shape_match: bool,
+        fused: bool,
         kwargs,
     ) -> None:
         super().__init__()
@@ -101,8 +185,11 @@ class _InvolutionNd(nn.Module):
             )
         if sigma_mapping is not None and not isinstance(sigma_mapping, nn.Module):
             raise TypeError(f"sigma_mapping must be an nn.Module or None, got {sigma_mapping!r}")
-        if not isinstance(bias, bool) or not isinstance(force_shape_match, bool):
-            raise TypeError("bias and force_shape_match must be bools")
+        if not all(isinstance(v, bool) for v in (bias, force_shape_match, fused)):
+            raise TypeError("bias, force_shape_match and fused must be bools")
+        # Whether forward() runs the span conv inside the fused op (when span_mapping is a plain
+        # 1x1 conv); a plain attribute, so it may be changed after construction.
+        self.fused: bool = fused
         self.kernel_size = _tuple_at_least(kernel_size, n, "kernel_size", 1)
         self.stride = _tuple_at_least(stride, n, "stride", 1)
         self.dilation = _tuple_at_least(dilation, n, "dilation", 1)
@@ -120,6 +207,17 @@ class _InvolutionNd(nn.Module):
             2 * p == d * (k - 1) for k, p, d in zip(self.kernel_size, self.padding, self.dilation)
         )
         self._unit_stride: bool = all(s == 1 for s in self.stride)
+        # Per axis, whether the output size is the input size for every input size; and
+        # whether on some axis it is neither floor(size / stride) nor ceil(size / stride) for
+        # any size, so that the kernel branch always pools adaptively. With r = 2 * padding -
+        # dilation * (kernel - 1) - 1 + stride the output size is floor((size + r) / stride):
+        # never the floor for r <= -stride, never the ceil for r >= 2 * stride - 1.
+        self._same_size: List[bool] = []
+        self._always_adaptive: bool = False
+        for k, s, p, d in zip(self.kernel_size, self.stride, self.padding, self.dilation):
+            self._same_size.append(s == 1 and 2 * p == d * (k - 1))
+            r = 2 * p - d * (k - 1) - 1 + s
+            self._always_adaptive = self._always_adaptive or r <= -s or r >= 2 * s - 1
 
         conv = nn.Conv2d if n == 2 else nn.Conv3d
         reduced = out_channels // reduce_ratio
@@ -152,6 +250,8 @@ class _InvolutionNd(nn.Module):
         )
         if self.force_shape_match:
             s += ", force_shape_match=True"
+        if not self.fused:
+            s += ", fused=False"
         return s
 
     # The kernel branch must be built at the op's output size before the op runs, so this mirrors
@@ -183,6 +283,9 @@ class _InvolutionNd(nn.Module):
                 if self._unit_stride:
                     return self.o_mapping(input)
                 return self._stride_pool(input, out)
+            if not torch.jit.is_scripting() and _tracing():
+                return _window_pool(input, out, self._stride, self._same_size,
+                                    self._always_adaptive)
             floor_fits = True
             ceil_fits = True
             for i in range(self._dims):
@@ -193,9 +296,17 @@ class _InvolutionNd(nn.Module):
                 return self.o_mapping(input)
             if ceil_fits:
                 return self._stride_pool(input, out)
+        if not torch.jit.is_scripting() and _tracing():
+            return _window_pool(input, out, self._stride, self._same_size, True)
         if self._dims == 2:
             return F.adaptive_avg_pool2d(input, out)
         return F.adaptive_avg_pool3d(input, out)
+
+    def _fused_forward(self, features: torch.Tensor,
+                       reduced: torch.Tensor) -> Optional[torch.Tensor]:
+        """The fused op's output, or None where span_mapping is not a plain 1x1 conv. Each
+        subclass names its own conv class (TorchScript resolves every name it compiles)."""
+        raise NotImplementedError
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         name = "Involution2d" if self._dims == 2 else "Involution3d"
@@ -212,11 +323,16 @@ class _InvolutionNd(nn.Module):
                     name + ": the dilated kernel is larger than the padded input (input size "
                     + str(list(input.shape[2:])) + "): output size would be < 1"
                 )
-        kernel = self.span_mapping(
-            self.sigma_mapping(self.reduce_mapping(self._kernel_branch_input(input, out)))
-        )
-        kernel = kernel.view([input.shape[0], self.groups] + self._kernel + out)
+        reduced = self.sigma_mapping(self.reduce_mapping(self._kernel_branch_input(input, out)))
         features = self.initial_mapping(input)
+        if self.fused:
+            # The span conv inside the op: its kernel is never stored. Only a plain 1x1 conv can
+            # be fused; anything else a user put in span_mapping runs as it is, below.
+            fused = self._fused_forward(features, reduced)
+            if fused is not None:
+                return fused
+        kernel = self.span_mapping(reduced)
+        kernel = kernel.view([input.shape[0], self.groups] + self._kernel + out)
         if self._dims == 2:
             return torch.ops.involution.involution2d(
                 features, kernel, self._stride, self._padding, self._dilation
@@ -237,6 +353,9 @@ class Involution2d(_InvolutionNd):
 
         kernel = span_mapping(sigma_mapping(reduce_mapping(pool(input))))  # (B, G*KH*KW, OH, OW)
         output = involution2d(initial_mapping(input), kernel.view(B, G, KH, KW, OH, OW), ...)
+
+    computed by default as one fused op that generates the kernel where it is used
+    (``fused=True``; see below).
 
     ``pool`` brings the kernel branch to the output size (OH, OW) given by the conv formula:
 
@@ -262,6 +381,11 @@ class Involution2d(_InvolutionNd):
         reduce_ratio: the reduce conv has ``out_channels // reduce_ratio`` channels.
         bias: bias on every 1x1 conv.
         force_shape_match: always pool the kernel branch adaptively to the output size.
+        fused: run ``span_mapping`` inside the op (:func:`involution.functional.fused_involution2d`,
+            default True): the kernel, ``G*KH*KW`` channels at the output size, is generated
+            where it is used and neither stored nor saved for backward. ``False`` runs the
+            span conv and the op separately. Same parameters, state_dict and results (to
+            rounding); a ``span_mapping`` that is not a plain 1x1 ``nn.Conv2d`` runs unfused.
         **kwargs: accepted for compatibility, ignored, and reported with a warning.
     """
 
@@ -278,12 +402,24 @@ class Involution2d(_InvolutionNd):
         padding: IntOrPair = (3, 3),
         bias: bool = False,
         force_shape_match: bool = False,
+        fused: bool = True,
         **kwargs,
     ) -> None:
         super().__init__(
             in_channels, out_channels, sigma_mapping, kernel_size, stride, groups, reduce_ratio,
-            dilation, padding, bias, force_shape_match, kwargs,
+            dilation, padding, bias, force_shape_match, fused, kwargs,
         )
+
+    def _fused_forward(self, features: torch.Tensor,
+                       reduced: torch.Tensor) -> Optional[torch.Tensor]:
+        span = self.span_mapping
+        if isinstance(span, nn.Conv2d):
+            if _is_pointwise(span.kernel_size, span.stride, span.padding, span.dilation,
+                             span.groups, span.padding_mode):
+                return torch.ops.involution.fused_involution2d(
+                    features, reduced, span.weight, span.bias, self._kernel, self._stride,
+                    self._padding, self._dilation)
+        return None
 
 
 class Involution3d(_InvolutionNd):
@@ -308,7 +444,7 @@ class Involution3d(_InvolutionNd):
             momentum=0.3), ReLU())``.
         kernel_size, stride, groups, dilation, padding: as in conv3d (int or 3-tuple); defaults
             7x7x7, stride 1, padding 3 (the seed's).
-        reduce_ratio, bias, force_shape_match, **kwargs: as in :class:`Involution2d`.
+        reduce_ratio, bias, force_shape_match, fused, **kwargs: as in :class:`Involution2d`.
     """
 
     _spatial_dims = 3
@@ -326,9 +462,21 @@ class Involution3d(_InvolutionNd):
         padding: IntOrPair = (3, 3, 3),
         bias: bool = False,
         force_shape_match: bool = False,
+        fused: bool = True,
         **kwargs,
     ) -> None:
         super().__init__(
             in_channels, out_channels, sigma_mapping, kernel_size, stride, groups, reduce_ratio,
-            dilation, padding, bias, force_shape_match, kwargs,
+            dilation, padding, bias, force_shape_match, fused, kwargs,
         )
+
+    def _fused_forward(self, features: torch.Tensor,
+                       reduced: torch.Tensor) -> Optional[torch.Tensor]:
+        span = self.span_mapping
+        if isinstance(span, nn.Conv3d):
+            if _is_pointwise(span.kernel_size, span.stride, span.padding, span.dilation,
+                             span.groups, span.padding_mode):
+                return torch.ops.involution.fused_involution3d(
+                    features, reduced, span.weight, span.bias, self._kernel, self._stride,
+                    self._padding, self._dilation)
+        return None

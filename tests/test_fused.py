@@ -143,7 +143,10 @@ def test_gradcheck_and_gradgradcheck(dims, device):
     for bias in (True, False):
         inputs = [t for t in fused_operands(case, 3, bias, device=device, requires_grad=True)
                   if t is not None]
-        fn = (lambda x, z, s, b=None: fused(x, z, s, b, case))
+
+        def fn(x, z, s, b=None):
+            return fused(x, z, s, b, case)
+
         assert torch.autograd.gradcheck(fn, inputs)
         assert torch.autograd.gradgradcheck(fn, inputs)
 
@@ -395,10 +398,122 @@ def test_random_sweep_against_unfused_op():
     for case in random_cases(25, seed=31, max_size=10) + random_cases_3d(8, seed=37):
         reduced = rng.randint(1, 9)
         bias = rng.random() < 0.5
-        x, z, s, b = fused_operands(case, reduced, bias, requires_grad=True, seed=rng.randint(0, 99))
+        x, z, s, b = fused_operands(case, reduced, bias, requires_grad=True,
+                                    seed=rng.randint(0, 99))
         inputs = [t for t in (x, z, s, b) if t is not None]
         y, y_ref = fused(x, z, s, b, case), composite(x, z, s, b, case)
         torch.testing.assert_close(y, y_ref, msg=str(case))
         gy = torch.randn_like(y)
-        for g, r in zip(torch.autograd.grad(y, inputs, gy), torch.autograd.grad(y_ref, inputs, gy)):
+        grads = torch.autograd.grad(y, inputs, gy)
+        for g, r in zip(grads, torch.autograd.grad(y_ref, inputs, gy)):
             torch.testing.assert_close(g, r, msg=str(case))
+
+
+# ------------------------------------------------------------------------------ modules
+
+
+MODULES = [
+    (involution.Involution2d, (2, 8, 13, 11),
+     dict(kernel_size=3, padding=1, stride=2, groups=2, reduce_ratio=2)),
+    (involution.Involution2d, (2, 8, 12, 11),
+     dict(kernel_size=(5, 3), padding=0, groups=4, reduce_ratio=2, bias=True)),
+    (involution.Involution2d, (1, 16, 9, 9), dict(kernel_size=7, padding=3, groups=1)),
+    (involution.Involution3d, (2, 4, 5, 6, 7),
+     dict(kernel_size=3, padding=1, stride=2, groups=2, reduce_ratio=2)),
+]
+
+
+@pytest.mark.parametrize("cls,shape,kwargs", MODULES, ids=lambda v: str(v))
+def test_modules_fused_and_unfused_agree(cls, shape, kwargs):
+    torch.manual_seed(0)
+    layer = cls(shape[1], 8, **kwargs).double()
+    unfused = cls(shape[1], 8, fused=False, **kwargs).double()
+    assert layer.fused and not unfused.fused
+    assert layer.state_dict().keys() == unfused.state_dict().keys()
+    unfused.load_state_dict(layer.state_dict())
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    y, y2 = layer(x), unfused(x2)
+    torch.testing.assert_close(y, y2)
+    y.square().sum().backward()
+    y2.square().sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad)
+    for (name, p), q in zip(layer.named_parameters(), unfused.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+    assert "fused=False" in repr(unfused) and "fused" not in layer.extra_repr()
+    scripted = torch.jit.script(layer.eval())
+    torch.testing.assert_close(scripted(x), layer(x))
+
+
+def test_module_runs_the_fused_op_and_falls_back_for_other_span_mappings():
+    layer = involution.Involution2d(8, 8, kernel_size=3, padding=1, groups=2)
+    x = torch.randn(1, 8, 9, 9)
+    graph = torch.fx.experimental.proxy_tensor.make_fx(layer.eval())(x)
+    targets = {n.target for n in graph.graph.nodes}
+    assert ops.fused_involution2d.default in targets
+    assert ops.involution2d.default not in targets
+    # A span mapping that is not a plain 1x1 conv: the unfused path, with the same answer as
+    # the composite.
+    layer.span_mapping = torch.nn.Sequential(torch.nn.Conv2d(8, 18, 1), torch.nn.Tanh())
+    graph = torch.fx.experimental.proxy_tensor.make_fx(layer)(x)
+    targets = {n.target for n in graph.graph.nodes}
+    assert ops.involution2d.default in targets and ops.fused_involution2d.default not in targets
+    assert layer(x).shape == (1, 8, 9, 9)
+    torch.jit.script(layer)  # the fallback scripts too
+
+
+def saved_bytes(model, x):
+    """Bytes of the distinct storages autograd saves for backward in one forward."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    return sum(storages.values())
+
+
+def test_rednet_fused_saves_less_and_agrees():
+    torch.manual_seed(0)
+    fused_model = involution.models.RedNet((1, 1, 1, 1), num_classes=10,
+                                           zero_init_residual=False)
+    unfused_model = involution.models.RedNet((1, 1, 1, 1), num_classes=10,
+                                             zero_init_residual=False, fused=False)
+    unfused_model.load_state_dict(fused_model.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    for mode in ("train", "eval"):
+        fused_model.train(mode == "train")
+        unfused_model.train(mode == "train")
+        torch.testing.assert_close(fused_model(x), unfused_model(x), atol=1e-4, rtol=1e-4)
+    fused_model.train()
+    unfused_model.train()
+    # The first block saves no tensor of the generated kernel's size: (B, G*49, 16, 16) at
+    # 64x64 input in layer1 (G = 4), in any view.
+    kernel_numel = 2 * 4 * 49 * 16 * 16
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fused_model.layer1[0](torch.randn(2, 64, 16, 16).requires_grad_())
+    assert saved and all(t.numel() != kernel_numel for t in saved), [t.shape for t in saved]
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        unfused_model.layer1[0](torch.randn(2, 64, 16, 16).requires_grad_())
+    assert any(t.numel() == kernel_numel for t in saved)  # the check can fail
+    # What the fused model saves less of is the generated kernels, all of them.
+    kernel_bytes = []
+    hooks = [m.span.register_forward_hook(
+        lambda mod, args, out: kernel_bytes.append(out.numel() * out.element_size()))
+        for m in unfused_model.modules() if isinstance(m, involution.models.rednet.RedNetInvolution)]
+    unfused_saved = saved_bytes(unfused_model, x)
+    for h in hooks:
+        h.remove()
+    assert len(kernel_bytes) == 5
+    # (less the span biases, which the fused op saves and the span conv does not)
+    bias_bytes = sum(m.span.bias.numel() * 4 for m in fused_model.modules()
+                     if isinstance(m, involution.models.rednet.RedNetInvolution))
+    assert unfused_saved - saved_bytes(fused_model, x) == sum(kernel_bytes) - bias_bytes
