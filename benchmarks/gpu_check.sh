@@ -3,8 +3,9 @@
 # ~8), everything time-boxed: build the op library for sm_90 only, quick CUDA-vs-CPU probe, the
 # CUDA tests, compute-sanitizer memcheck (and initcheck if time is left) on a small workload, the
 # RedNet-50 benchmark at batch 64 in float32 and bfloat16 against the unfold formulation and the
-# DRAM floor at the measured copy bandwidth, and the official CuPy kernels' design
-# (cuda_official_baseline.py). Ends with one compact summary; logs land in $OUT (8 files).
+# DRAM floor at the measured copy bandwidth, RedNet-50 training fused vs unfused (step time and
+# peak memory), and the official CuPy kernels' design (cuda_official_baseline.py). Ends with one
+# compact summary; logs land in $OUT (8 files).
 #
 # Run from the project root: bash benchmarks/gpu_check.sh (through the device tool, with
 # OUT set by it). BUDGET (seconds, default 470) bounds all steps.
@@ -524,9 +525,10 @@ step probe 60 160 "$OUT/probe.log" $PY "$WORK/probe.py"
 grep -E "registered|device code|odd geometries|opcheck|mixed devices|FAIL" "$OUT/probe.log" | sed 's/^/  /' | tee -a "$SUMMARY"
 
 # ------------------------------------------------------------------ 3. CUDA tests
-# test_cuda.py and the CUDA cases of test_ops.py / test_ops3d.py (the CPU suite is CI's job).
+# test_cuda.py and the CUDA cases of test_ops.py / test_ops3d.py / test_fused.py (the CPU suite
+# is CI's job).
 step tests 130 150 "$OUT/tests.log" $PY -m pytest -q -p no:cacheprovider -p no:warnings -rfEs \
-  $TIMEOUT_OPT tests/test_cuda.py tests/test_ops.py tests/test_ops3d.py -k cuda
+  $TIMEOUT_OPT tests/test_cuda.py tests/test_ops.py tests/test_ops3d.py tests/test_fused.py -k cuda
 grep -E "^(FAILED|ERROR)| (passed|failed|skipped|error|errors|deselected)( |,|$)|no tests ran" "$OUT/tests.log" | tail -8 | sed 's/^/  /' | tee -a "$SUMMARY"
 
 # ------------------------------------------------------------------ 4. compute-sanitizer memcheck
@@ -540,7 +542,49 @@ else
 fi
 
 # ------------------------------------------------------------------ 5. benchmark (batch 64, f32 + bf16)
-step bench 170 20 "$OUT/bench.log" $PY "$WORK/bench.py" --out "$OUT" --batch 64 --dtypes float32,bfloat16
+step bench 170 80 "$OUT/bench.log" $PY "$WORK/bench.py" --out "$OUT" --batch 64 --dtypes float32,bfloat16
+
+# ------------------------------------------------------------------ 5b. RedNet-50 fused vs unfused
+# A training step (SGD) of rednet50(fused=True) and rednet50(fused=False) at batch 64, 224x224,
+# float32 and bfloat16 autocast: median step time and peak memory, the same weights, and how far
+# the two models' losses differ.
+cat > "$WORK/fused.py" <<'PYEOF'
+import statistics, time, torch, involution
+torch.backends.cudnn.benchmark = True
+dev = torch.device("cuda")
+x = torch.randn(64, 3, 224, 224, device=dev)
+target = torch.randint(0, 1000, (64,), device=dev)
+print("RedNet-50 training step, batch 64, 224x224 (median of 8 steps after 3)")
+print(f"{'dtype':<10} {'model':<8} {'ms/step':>9} {'peak GiB':>9} {'loss':>12}")
+torch.manual_seed(0)
+state = involution.models.rednet50().state_dict()
+for dtype in (torch.float32, torch.bfloat16):
+    for fused in (True, False):
+        model = involution.models.rednet50(fused=fused).to(dev)
+        model.load_state_dict(state)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        def step():
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+                loss = torch.nn.functional.cross_entropy(model(x), target)
+            loss.backward()
+            opt.step()
+            return loss
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+        times = []
+        for _ in range(8):
+            t = time.perf_counter(); loss = step(); torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        name = "fused" if fused else "unfused"
+        print(f"{str(dtype).split('.')[1]:<10} {name:<8} {1e3 * statistics.median(times):9.1f} {peak:9.2f} {loss.item():12.6f}")
+        del model, opt
+        torch.cuda.empty_cache()
+PYEOF
+step fused 80 0 "$OUT/bench.log" $PY "$WORK/fused.py"
+sed -n '/^RedNet-50 training step/,$p' "$OUT/bench.log" | sed 's/^/  /' | tee -a "$SUMMARY"
 
 # ------------------------------------------------------------------ 6. official CuPy kernels' design
 if [ -f "$HERE/cuda_official_baseline.py" ]; then
