@@ -12,6 +12,14 @@ Implementations of one 2-D involution, all on the same inputs:
   torchvision, whose wheels are built against the CUDA build of torch: the worker may run in
   another interpreter (run.py's --torchvision-python), so the workers take their inputs from a
   file the parent writes, with our op's output to compare against, and never import involution.
+
+And the kernel generated inside the op (DESIGN.md §5), on RedNet's inputs of the kernel branch,
+``reduced`` (B, R, OH, OW) with R = C/4, ``span_weight`` (G*KH*KW, R, 1, 1) and ``span_bias``:
+
+- ``span+op``: the span 1x1 conv then our op (``conv2d`` + ``involution2d``, unfused);
+- ``fused``: ``torch.ops.involution.fused_involution2d``, which never stores the kernel.
+
+Both run in one worker (fused_worker), interleaved round by round, so their ratio is fair.
 """
 
 import ctypes
@@ -26,6 +34,7 @@ import torch
 PASSES = ("forward", "backward", "forward+backward")
 COMPARED_PASSES = ("forward", "forward+backward")
 IMPLEMENTATIONS = ("ours", "unfold", "compiled", "deform_conv2d")
+FUSED_IMPLEMENTATIONS = ("span+op", "fused")
 
 
 class Shape(NamedTuple):
@@ -45,6 +54,11 @@ class Shape(NamedTuple):
         from involution.reference import output_size
 
         return output_size(self.size, self.kernel, self.stride, self.padding)
+
+    @property
+    def reduced(self) -> int:
+        """Channels of the kernel branch's reduced tensor in RedNet (C/4; the stem's 8)."""
+        return self.channels // 4
 
 
 # RedNet-50 at 224x224 (DESIGN.md §5): 16 channels per group, K = 7, "same" padding.
@@ -68,6 +82,42 @@ def make_inputs(shape: Shape, batch: int, dtype, device):
     gy = torch.randn(batch, shape.channels, o, o, generator=gen)
     params = ([shape.stride] * 2, [shape.padding] * 2, [1, 1])
     return x.to(device, dtype), w.to(device, dtype), gy.to(device, dtype), params
+
+
+def make_fused_inputs(shape: Shape, batch: int, dtype, device):
+    """x, reduced, span_weight, span_bias, grad_output and the op's arguments (kernel_size,
+    stride, padding, dilation) of one RedNet involution layer whose kernel is generated."""
+    gen = torch.Generator().manual_seed(0)
+    k, o, r = shape.kernel, shape.out, shape.reduced
+    x = torch.randn(batch, shape.channels, shape.size, shape.size, generator=gen)
+    reduced = torch.randn(batch, r, o, o, generator=gen).relu()  # after the branch's ReLU
+    span_weight = torch.randn(shape.groups * k * k, r, 1, 1, generator=gen) / r ** 0.5
+    span_bias = 0.1 * torch.randn(shape.groups * k * k, generator=gen)
+    gy = torch.randn(batch, shape.channels, o, o, generator=gen)
+    tensors = [t.to(device, dtype) for t in (x, reduced, span_weight, span_bias, gy)]
+    params = ([k, k], [shape.stride] * 2, [shape.padding] * 2, [1, 1])
+    return tensors, params
+
+
+def span_conv_involution(x, reduced, span_weight, span_bias, kernel_size, stride, padding,
+                         dilation):
+    """The unfused layer: the span 1x1 conv writes the kernel (B, G*KH*KW, OH, OW), our op reads
+    it as (B, G, KH, KW, OH, OW)."""
+    import involution  # noqa: F401  (loads the op library)
+
+    kh, kw = kernel_size
+    w = torch.nn.functional.conv2d(reduced, span_weight, span_bias)
+    b, _, oh, ow = w.shape
+    w = w.view(b, span_weight.shape[0] // (kh * kw), kh, kw, oh, ow)
+    return torch.ops.involution.involution2d(x, w, stride, padding, dilation)
+
+
+def fused_implementation(name: str) -> Callable:
+    if name == "fused":
+        import involution  # noqa: F401  (loads the op library)
+
+        return torch.ops.involution.fused_involution2d
+    return span_conv_involution
 
 
 def deform_conv2d_involution(x, w, stride, padding, dilation):
@@ -342,6 +392,51 @@ def op_worker(spec: Dict) -> Dict:
     return {"times": times, "peak_bytes": peak, "max_abs_diff": diff,
             "faults": stats["faults"][0], "warmup_rounds": stats["warmup_rounds"],
             "rounds": stats["rounds"]}
+
+
+def fused_worker(spec: Dict) -> Dict:
+    """The fused op and the span conv + op on one shape, in one process: each one's peak memory
+    rise over one forward+backward, then forward, backward (the gradients of all four inputs, on
+    a retained graph) and forward+backward of both in interleaved rounds, as op_worker times
+    them; and the max |fused - span+op| of the forward."""
+    torch.set_num_threads(spec["threads"])
+    device = torch.device(spec["device"])
+    shape = Shape(**spec["shape"])
+    tensors, params = make_fused_inputs(shape, spec["batch"], getattr(torch, spec["dtype"]),
+                                        device)
+    *inputs, gy = tensors
+    for t in inputs:
+        t.requires_grad_()
+    out: Dict = {"times": {}, "peak_bytes": {}, "faults": {}}
+    runs, outputs = [], {}
+    for name in FUSED_IMPLEMENTATIONS:
+        impl = fused_implementation(name)
+
+        def forward(impl=impl):
+            with torch.no_grad():
+                return impl(*inputs, *params)
+
+        def forward_backward(impl=impl):
+            torch.autograd.grad(impl(*inputs, *params), inputs, gy)
+
+        forward()
+        forward_backward()
+        out["peak_bytes"][name] = peak_rise(forward_backward, device)
+        outputs[name] = forward().double().cpu()
+        y = impl(*inputs, *params)
+
+        def backward(y=y):
+            torch.autograd.grad(y, inputs, gy, retain_graph=True)
+
+        runs.append((spec["threads"], dict(zip(PASSES, (forward, backward, forward_backward)))))
+    stats: Dict = {}
+    times = interleaved_rounds(device, runs, spec, stats)
+    for i, name in enumerate(FUSED_IMPLEMENTATIONS):
+        out["times"][name] = times[i]
+        out["faults"][name] = stats["faults"][i]
+    out.update(max_abs_diff=(outputs["fused"] - outputs["span+op"]).abs().max().item(),
+               warmup_rounds=stats["warmup_rounds"], rounds=stats["rounds"])
+    return out
 
 
 def compare_worker(spec: Dict) -> Dict:

@@ -7,7 +7,7 @@ from typing import Dict, List
 
 import torch
 
-from measure import COMPARED_PASSES, PASSES
+from measure import COMPARED_PASSES, FUSED_IMPLEMENTATIONS, PASSES
 
 PEER_LABELS = {"unfold": "unfold", "compiled": "compiled", "deform_conv2d": "deform"}
 
@@ -52,6 +52,53 @@ def format_table(result: Dict) -> str:
     return "\n".join(lines)
 
 
+def fused_totals(rows: List[Dict]) -> Dict[str, Dict[str, float]]:
+    """Per pass: each implementation's time summed over the shapes."""
+    return {kind: {impl: sum(r["times"][impl][kind] for r in rows)
+                   for impl in FUSED_IMPLEMENTATIONS} for kind in PASSES}
+
+
+def format_fused(result: Dict) -> str:
+    """The fused op against the span conv + op, per shape and pass, and summed over the shapes;
+    peak memory rises on the forward+backward line."""
+    rows = result["fused"]
+    unfused, fused = FUSED_IMPLEMENTATIONS
+    header = (f"the fused op (kernel generated inside it) against the span conv + op | "
+              f"{result['header'].split(' | ')[2]} | {result['threads']} threads | ms, medians "
+              f"of {rows[0]['rounds']} rounds, both in one process, interleaved")
+    cols = (f"{'shape':<10} {'C':>4} {'HxW':>7} {'G':>3} {'K':>2} {'s':>2} {'R':>4} | "
+            f"{'pass':<16} {'span+op ms':>10} {'fused ms':>9} {'fused/span+op':>13} | "
+            f"peak MiB: span+op fused")
+    lines = [header, "", cols, "-" * len(cols)]
+    for r in rows:
+        s = r["shape"]
+        for i, kind in enumerate(PASSES):
+            a, b = r["times"][unfused][kind], r["times"][fused][kind]
+            lead = (f"{s['name']:<10} {s['channels']:>4} {s['size']:>3}x{s['size']:<3} "
+                    f"{s['groups']:>3} {s['kernel']:>2} {s['stride']:>2} "
+                    f"{s['channels'] // 4:>4}") if i == 0 else " " * 38
+            memory = " ".join(f"{r['peak_bytes'][m] / 2 ** 20:.1f}" for m in (unfused, fused)) \
+                if kind == "forward+backward" else ""
+            lines.append(f"{lead} | {kind:<16} {a * 1e3:>10.2f} {b * 1e3:>9.2f} "
+                         f"{b / a:>12.2f}x | {memory}")
+    for i, (kind, t) in enumerate(fused_totals(rows).items()):
+        lead = f"{'total':<10} ({len(rows)} shapes, summed)" if i == 0 else ""
+        lines.append(f"{lead:<38} | {kind:<16} {t[unfused] * 1e3:>10.2f} {t[fused] * 1e3:>9.2f} "
+                     f"{t[fused] / t[unfused]:>12.2f}x |")
+    lines += ["", "R: channels of the reduced tensor (C/4); backward: the gradients of x, reduced, "
+              "span_weight and span_bias; max |fused - span+op| of the forward per shape: "
+              + "; ".join(f"{r['shape']['name']} {r['max_abs_diff']:.1e}" for r in rows),
+              fresh_memory_note([{"shape": r["shape"], **{m: {
+                  "faults": r["faults"][m], "warmup_rounds": r["warmup_rounds"]}
+                  for m in FUSED_IMPLEMENTATIONS}} for r in rows], list(FUSED_IMPLEMENTATIONS), {})]
+    return "\n".join(lines)
+
+
+def config_texts(result: Dict) -> List[str]:
+    """One configuration's tables: our op and its peers, then the fused op where it ran."""
+    return [format_table(result)] + ([format_fused(result)] if result.get("fused") else [])
+
+
 def fresh_memory_note(rows: List[Dict], impls: List[str], labels: Dict[str, str]) -> str:
     """How much never-touched memory the timed calls wrote (the most page faults of one timed
     call times the page size, the largest over shapes and passes): 0 once the C heap is steady;
@@ -67,10 +114,11 @@ def fresh_memory_note(rows: List[Dict], impls: List[str], labels: Dict[str, str]
             mib = v * page / 2 ** 20
             worst.append(f"{labels.get(impl, impl)} {mib:.1f} MiB"
                          + (f" ({name} {kind})" if mib >= 0.05 else ""))
-    rounds = [r[i]["warmup_rounds"] for r in rows for i in impls if "warmup_rounds" in r[i]]
+    rounds = sorted({r[i]["warmup_rounds"] for r in rows for i in impls if "warmup_rounds" in r[i]})
+    span = f"{rounds[0]}" if len(rounds) == 1 else f"{rounds[0]}-{rounds[-1]}"
     return ("fresh memory written by a timed call (page faults x page size, the most of any "
             "call, shape and pass; the passes ran in interleaved rounds after a heap reserve and "
-            f"{min(rounds)}-{max(rounds)} warm-up rounds): " + ", ".join(worst))
+            f"{span} warm-up rounds): " + ", ".join(worst))
 
 
 def config_label(config) -> str:
@@ -146,6 +194,9 @@ TARGET_FORWARD_OTHERS = 20.0
 TARGET_FORWARD_BACKWARD = 15.0
 TARGET_PEAK_RATIO = 3.0
 TARGET_THREAD_SCALING = 1.7
+# The fused op against the span conv + op (summed over RedNet-50's shapes), and at every shape.
+TARGET_FUSED_FORWARD = 0.6
+TARGET_FUSED_FORWARD_BACKWARD = 0.75
 
 
 def check_targets(results: List[Dict], comparison, args) -> List[tuple]:
@@ -175,6 +226,8 @@ def check_targets(results: List[Dict], comparison, args) -> List[tuple]:
     checks.append((f"peak memory rise of forward+backward <= {TARGET_PEAK_RATIO:.0f}x "
                    "(input + weight + grad_output)", f"max {max(peak):.2f}x",
                    max(peak) <= TARGET_PEAK_RATIO))
+    if table.get("fused"):
+        checks += fused_checks(table["fused"])
     if comparison is not None:
         configs = [tuple(c) for c in comparison["configs"]]
         if ("float32", 1) in configs and ("float32", 2) in configs:
@@ -191,6 +244,26 @@ def check_targets(results: List[Dict], comparison, args) -> List[tuple]:
                 checks.append((f"bfloat16 {kind} no slower than float32 (time ratio, total)",
                                f"{total:.2f} (per shape {min(per_shape):.2f}-"
                                f"{max(per_shape):.2f})", total <= 1.0))
+    return checks
+
+
+def fused_checks(rows: List[Dict]) -> List[tuple]:
+    """The fused op's targets: its time over the span conv + op's, summed over the shapes, for
+    forward and forward+backward, and no shape slower in either."""
+    unfused, fused = FUSED_IMPLEMENTATIONS
+    totals = fused_totals(rows)
+    checks = []
+    for kind, target in (("forward", TARGET_FUSED_FORWARD),
+                         ("forward+backward", TARGET_FUSED_FORWARD_BACKWARD)):
+        v = totals[kind][fused] / totals[kind][unfused]
+        checks.append((f"fused {kind} <= {target}x the span conv + op (summed over the "
+                       f"{len(rows)} shapes)", f"{v:.2f}x", v <= target))
+    for kind in COMPARED_PASSES:
+        ratios = {r["shape"]["name"]: r["times"][fused][kind] / r["times"][unfused][kind]
+                  for r in rows}
+        worst = max(ratios, key=ratios.get)
+        checks.append((f"fused {kind} no slower than the span conv + op at any shape",
+                       f"max {ratios[worst]:.2f}x ({worst})", ratios[worst] <= 1.0))
     return checks
 
 
@@ -243,7 +316,7 @@ def write_markdown(results: List[Dict], extra: List[str], path: str, command: st
                 "regenerates the whole page. Timings are medians on a shared machine: compare "
                 "ratios within one run.\n\n")
         f.write(f"Machine: {machine}\n\n")
-        for text in [format_table(r) for r in results] + extra:
+        for text in [text for r in results for text in config_texts(r)] + extra:
             f.write("```\n" + text + "\n```\n\n")
 
 

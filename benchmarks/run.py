@@ -11,7 +11,10 @@ Peers (measure.py): the eager unfold formulation, torch.compile of it (inductor)
 torchvision's deform_conv2d set up to compute involution. Each (shape, implementation) runs in
 a fresh worker process, so none inherits another's heap; the worker measures the peak memory
 rise of one forward+backward (max RSS on the CPU, the allocator's peak on CUDA), then times
-forward, backward and forward+backward: medians of --repeats runs after --warmup runs.
+forward, backward and forward+backward in interleaved rounds once the heap is steady (see
+measure.HEAP_RESERVE): medians of --repeats rounds after at least --warmup rounds. Beside each
+table (unless --no-fused), the fused op against the span conv + op, both in one worker per
+shape, interleaved (measure.fused_worker).
 
 With several dtypes or thread counts, one table per configuration is followed by a side-by-side
 table of our op alone: one worker runs every configuration once per round, so the ratios
@@ -39,7 +42,8 @@ import measure
 import report
 from measure import IMPLEMENTATIONS, REDNET50_SHAPES
 
-WORKERS = {"op": measure.op_worker, "compare": measure.compare_worker,
+WORKERS = {"op": measure.op_worker, "fused": measure.fused_worker,
+           "compare": measure.compare_worker,
            "machine": measure.machine_worker, "onnxruntime": deployment.onnxruntime_worker,
            "models": endtoend.models_worker}
 DTYPES = ("float32", "float64", "bfloat16", "float16")
@@ -92,7 +96,9 @@ def available_peers(args) -> (List[str], List[str]):
 
 
 def run_config(args, device, shapes, dtype_name, threads, peers, notes, step) -> Dict:
-    """One table: every shape, our op and every peer, one dtype and thread count."""
+    """One table: every shape, our op and every peer, one dtype and thread count; and with
+    args.fused, the fused op against the span conv + op on every shape (one worker per shape,
+    both interleaved, 4 * --repeats rounds)."""
     import involution
 
     dtype = getattr(torch, dtype_name)
@@ -103,7 +109,8 @@ def run_config(args, device, shapes, dtype_name, threads, peers, notes, step) ->
               f"{2 * rates['matmul_macs_per_s'] / 1e9:.0f} GFLOP/s | medians of {args.repeats}")
     result = {"header": header, "machine": report.machine_description(device),
               "date": time.strftime("%Y-%m-%d"), "dtype": dtype_name, "threads": threads,
-              "rates": rates, "peers": peers, "notes": notes, "rows": []}
+              "rates": rates, "peers": peers, "notes": notes, "rows": [],
+              "fused": [] if args.fused else None}
     element_size = torch.empty((), dtype=dtype).element_size()
     op = measure.implementation("ours")
     with tempfile.TemporaryDirectory() as tmp:
@@ -128,6 +135,12 @@ def run_config(args, device, shapes, dtype_name, threads, peers, notes, step) ->
                             for k, (b, m) in row["work"].items()}
             row["io_bytes"] = (x.numel() + w.numel() + gy.numel()) * element_size
             result["rows"].append(row)
+            if args.fused:
+                step(f"{shape.name} fused {dtype_name} x{threads}")
+                result["fused"].append({"shape": shape._asdict(), **run_worker({
+                    "kind": "fused", "shape": shape._asdict(), "batch": args.batch,
+                    "dtype": dtype_name, "device": args.device, "threads": threads,
+                    "repeats": 4 * args.repeats, "warmup": args.warmup})})
     return result
 
 
@@ -180,6 +193,9 @@ def parse_args(argv):
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--budget", type=float, default=20.0,
                         help="seconds per pass after which a slow peer stops at 3 runs")
+    parser.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True,
+                        help="the fused op (kernel generated inside it) against the span conv "
+                             "+ op, one table per configuration (default: on)")
     parser.add_argument("--models", action="store_true",
                         help="also RedNet-26/50 against ResNet-26/50 end to end (batch 8, "
                              "224x224, CPU; see endtoend.py)")
@@ -245,7 +261,15 @@ def main(argv=None) -> int:
         parser.error("--peers must start with unfold (the targets are against it)")
     models = args.model_names.split(",") if args.models or args.models_only else []
 
+    import involution  # noqa: F401  (registers the ops, for the check below)
+
+    if args.fused and not torch._C._dispatch_has_kernel_for_dispatch_key(
+            "involution::fused_involution2d", device.type.upper()):
+        notes = notes + [f"fused skipped: fused_involution2d has no {device.type} kernel in "
+                         "this build"]
+        args.fused = False
     total = 0 if args.models_only else len(shapes) * (len(peers) + 2 * len(configs) - 1) + (
+        len(shapes) * len(configs) if args.fused else 0) + (
         len(shapes) if len(configs) > 1 else 0) + (
         len(shapes) * len(threads) if args.onnxruntime else 0)
     variants = [v for v in endtoend.VARIANTS if v[1] in args.model_backends.split(",")]
@@ -274,7 +298,7 @@ def main(argv=None) -> int:
         [report.format_targets(checks)] if checks else []) + (
         [deployment.format_onnxruntime(deployed)] if deployed else []) + (
         [endtoend.format_models(end_to_end)] if end_to_end else [])
-    print("\n\n".join([report.format_table(r) for r in results] + extra))
+    print("\n\n".join([text for r in results for text in report.config_texts(r)] + extra))
     for path in (args.json, args.plot, args.markdown):
         if path:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -21,6 +21,7 @@ def test_benchmark_cli_writes_table_json_markdown_and_plot(tmp_path):
     out = subprocess.run(
         [sys.executable, RUN, "--shapes", "stage4,stem", "--batch", "1", "--peers", "unfold",
          "--repeats", "1", "--warmup", "0", "--dtype", "float32,bfloat16", "--threads", "1,2",
+         "--no-fused",
          "--json", str(tmp_path / "out" / "r.json"), "--plot", str(tmp_path / "r.png"),
          "--markdown", str(tmp_path / "md" / "r.md")],
         capture_output=True, text=True, check=True, cwd=tmp_path)
@@ -47,6 +48,41 @@ def test_benchmark_cli_writes_table_json_markdown_and_plot(tmp_path):
                 1e-4 if result["dtype"] == "float32" else 0.5)
     assert (tmp_path / "r.png").stat().st_size > 1000
     assert "stage4" in (tmp_path / "md" / "r.md").read_text()
+
+
+def test_benchmark_cli_fused_table_and_targets(tmp_path):
+    """The fused op against the span conv + op: a table beside our op's, and its targets."""
+    out = subprocess.run(
+        [sys.executable, RUN, "--shapes", "stage4", "--peers", "unfold", "--repeats", "1",
+         "--warmup", "0", "--threads", "1", "--json", str(tmp_path / "r.json")],
+        capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert "span+op ms" in out.stdout and "fused/span+op" in out.stdout
+    data = json.loads((tmp_path / "r.json").read_text())
+    (row,) = data["tables"][0]["fused"]
+    assert row["shape"]["name"] == "stage4" and row["max_abs_diff"] < 1e-4
+    for impl in ("span+op", "fused"):
+        assert all(t > 0 for t in row["times"][impl].values())
+        assert set(row["faults"][impl]) == {"forward", "backward", "forward+backward"}
+        assert row["peak_bytes"][impl] > 0
+    targets = [t["target"] for t in data["targets"]]
+    assert sum("fused" in t for t in targets) == 4, targets
+
+
+def test_fused_targets_are_checked():
+    from report import fused_checks
+
+    def rows(fused_ms):
+        return [{"shape": {"name": name}, "times": {
+            "span+op": {k: 10e-3 for k in ("forward", "backward", "forward+backward")},
+            "fused": {k: ms * 1e-3 for k in ("forward", "backward", "forward+backward")}}}
+            for name, ms in fused_ms.items()]
+
+    good = fused_checks(rows({"stage1": 5.0, "stage2": 6.0}))
+    assert len(good) == 4 and all(ok for _, _, ok in good), good
+    # Summed 0.575x: met for forward (<= 0.6), but stage2 is slower than unfused.
+    bad = fused_checks(rows({"stage1": 0.5, "stage2": 11.0}))
+    assert [ok for _, _, ok in bad] == [True, True, False, False], bad
+    assert bad[0][1] == "0.57x" and bad[2][1] == "max 1.10x (stage2)"
 
 
 def test_benchmark_rejects_unknown_shape():
