@@ -83,9 +83,8 @@ int main() {
 
   run("version", [] { expect(involution::version() == 100, "version() != 100"); });
 
-  run("forward matches the loop reference", [&] {
-    expect_close(involution::involution2d(x, w, q.s, q.p, q.d), y_ref, "forward");
-  });
+  run("forward matches the loop reference",
+      [&] { expect_close(involution::involution2d(x, w, q.s, q.p, q.d), y_ref, "forward"); });
 
   run("autograd from C++ fills both gradients", [&] {
     auto xv = x.clone().requires_grad_();
@@ -98,8 +97,9 @@ int main() {
   });
 
   run("float32 and channels_last", [&] {
-    auto y = involution::involution2d(x.to(torch::kFloat32).contiguous(at::MemoryFormat::ChannelsLast),
-                                      w.to(torch::kFloat32), q.s, q.p, q.d);
+    auto y =
+        involution::involution2d(x.to(torch::kFloat32).contiguous(at::MemoryFormat::ChannelsLast),
+                                 w.to(torch::kFloat32), q.s, q.p, q.d);
     const double diff = (y.to(torch::kFloat64) - y_ref).abs().max().item<double>();
     expect(diff < 1e-4, "float32 max difference " + std::to_string(diff));
   });
@@ -141,8 +141,59 @@ int main() {
                  "to have the same dtype");
     expect_error([&] { involution::involution2d(x[0], w, q.s, q.p, q.d); },
                  "expected input to be a 4-D tensor");
-    expect_error([&] { involution::involution2d(x, w, {0, 1}, q.p, q.d); },
-                 "expected stride >= 1");
+    expect_error([&] { involution::involution2d(x, w, {0, 1}, q.p, q.d); }, "expected stride >= 1");
+  });
+
+  // The fused op: the kernel w = conv2d(z, S, bias).view(...) generated inside the op.
+  // z (2, 5, 4, 11) at the output size, S (3 * 3 * 2, 5, 1, 1): 3 groups, kernel (3, 2).
+  auto z = torch::randn({2, 5, 4, 11}, f64);
+  auto S = torch::randn({18, 5, 1, 1}, f64);
+  auto bias = torch::randn({18}, f64);
+  auto composite = [&](const at::Tensor& xi, const at::Tensor& zi, const at::Tensor& Si,
+                       const std::optional<at::Tensor>& bi) {
+    auto kernel = at::conv2d(zi, Si, bi).view({2, 3, 3, 2, 4, 11});
+    return involution::involution2d(xi, kernel, q.s, q.p, q.d);
+  };
+
+  run("fused forward equals the span conv followed by the op", [&] {
+    expect_close(involution::fused_involution2d(x, z, S, bias, {3, 2}, q.s, q.p, q.d),
+                 composite(x, z, S, bias), "fused forward");
+    expect_close(involution::fused_involution2d(x, z, S, std::nullopt, {3, 2}, q.s, q.p, q.d),
+                 composite(x, z, S, std::nullopt), "fused forward without bias");
+  });
+
+  run("fused autograd from C++ fills all four gradients", [&] {
+    std::vector<at::Tensor> fused_inputs, composite_inputs;
+    for (const auto& t : {x, z, S, bias}) {
+      fused_inputs.push_back(t.clone().requires_grad_());
+      composite_inputs.push_back(t.clone().requires_grad_());
+    }
+    const auto& f = fused_inputs;
+    const auto& c = composite_inputs;
+    (involution::fused_involution2d(f[0], f[1], f[2], f[3], {3, 2}, q.s, q.p, q.d) * g)
+        .sum()
+        .backward();
+    (composite(c[0], c[1], c[2], c[3]) * g).sum().backward();
+    const char* names[] = {"input", "reduced", "span_weight", "span_bias"};
+    for (int i = 0; i < 4; ++i) {
+      expect(f[i].grad().defined(), std::string(names[i]) + " gradient not filled");
+      expect_close(f[i].grad(), c[i].grad(), std::string("fused grad ") + names[i]);
+    }
+  });
+
+  run("fused bad input raises c10::Error naming what was expected", [&] {
+    expect_error([&] { involution::fused_involution2d(x, z, S, bias, {3, 4}, q.s, q.p, q.d); },
+                 "positive multiple of the number of taps (12");
+    expect_error(
+        [&] {
+          involution::fused_involution2d(x, z.narrow(3, 0, 10), S, bias, {3, 2}, q.s, q.p, q.d);
+        },
+        "reduced's spatial size");
+    expect_error(
+        [&] {
+          involution::fused_involution2d(x, z, S, bias.narrow(0, 0, 17), {3, 2}, q.s, q.p, q.d);
+        },
+        "span_bias to be a 1-D tensor of span_weight.size(0) = 18");
   });
 
   std::cout << passed << " passed, " << failed << " failed\n";
