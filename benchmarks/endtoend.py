@@ -1,6 +1,8 @@
-"""End to end (run.py --models): RedNet-26/50 against ResNet-26/50 of the same layout, batch 8 at
-224x224 on the CPU, inference and a training step (SGD), eager and torch.compile, contiguous and
-channels_last.
+"""End to end (run.py --models): RedNet-26/50, fused (the default: the involution blocks run
+fused_involution2d) and unfused (``fused=False``: span conv + op), against ResNet-26/50 of the
+same layout, batch 8 at 224x224 on the CPU, inference and a training step (SGD), eager and
+torch.compile, contiguous and channels_last; and the memory one training forward saves for
+backward (saved_worker).
 
 One worker process per variant (mode, backend, layout) builds every model, warms each up (this
 compiles it), measures each one's peak memory rise over one step (freed heap memory handed back
@@ -19,9 +21,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from measure import peak_rise, wake_thread_pool
+from measure import HEAP_RESERVE, peak_rise, reserve_heap, wake_thread_pool
 
-MODELS = ("rednet26", "resnet26", "rednet50", "resnet50")
+MODELS = ("rednet26", "rednet26-unfused", "resnet26", "rednet50", "rednet50-unfused", "resnet50")
+LAYOUTS = ("contiguous", "channels_last")
 VARIANTS = [(mode, backend, layout) for backend in ("eager", "compile")
             for mode in ("inference", "training") for layout in ("contiguous", "channels_last")]
 BATCH = 8
@@ -64,12 +67,21 @@ def resnet(depth: int, num_classes: int = 1000) -> nn.Module:
     return nn.Sequential(*layers)
 
 
+def resnet_twin(name: str) -> str:
+    """The ResNet of a RedNet's depth: rednet50 and rednet50-unfused -> resnet50."""
+    return name.split("-")[0].replace("rednet", "resnet")
+
+
 def build(name: str) -> nn.Module:
+    """rednetN (fused), rednetN-unfused (fused=False) or resnetN."""
     torch.manual_seed(0)
     if name.startswith("rednet"):
         import involution
 
-        return getattr(involution.models, name)()
+        model, _, variant = name.partition("-")
+        if variant not in ("", "unfused"):
+            raise ValueError(f"unknown model {name!r}")
+        return getattr(involution.models, model)(fused=variant != "unfused")
     try:  # torchvision's own ResNet where it imports (its wheels need the CUDA build of torch)
         import torchvision
 
@@ -140,6 +152,10 @@ def models_worker(spec: Dict) -> Dict:
         out[name]["peak_bytes"] = peak_rise(step, torch.device("cpu"))
         if name.startswith("rednet"):
             out[name]["op_share"] = op_share(step)
+    # The heap grows for several steps before it reuses its blocks (see measure.HEAP_RESERVE),
+    # and a training step then writes hundreds of MiB of fresh pages: a reserve as large as the
+    # largest step's peak rise makes the timed steps reuse written pages.
+    reserve_heap(max([HEAP_RESERVE] + [o["peak_bytes"] for o in out.values()]))
     # Interleaved rounds, every model once per round, until there are at least spec["rounds"]
     # and each model has run for spec["seconds"] (a 0.3 s inference step gets far more rounds
     # than a 2 s training step), at most MAX_ROUNDS.
@@ -155,26 +171,70 @@ def models_worker(spec: Dict) -> Dict:
     for name, times in samples.items():
         out[name].update(median_s=statistics.median(times), spread=iqr_spread(times),
                          rounds=len(times))
-    # RedNet's speed-up over the ResNet of the same depth, round by round: the two ran back to
-    # back, so a slow spell of the shared host slows both and leaves the ratio.
+    # RedNet's speed-up over the ResNet of the same depth, and the fused RedNet's over the
+    # unfused, round by round: the two ran back to back, so a slow spell of the shared host
+    # slows both and leaves the ratio.
     for name in samples:
-        twin = name.replace("rednet", "resnet")
+        twin = resnet_twin(name)
         if name.startswith("rednet") and twin in samples:
             ratios = [t / r for r, t in zip(samples[name], samples[twin])]
             out[name].update(speedup=statistics.median(ratios), speedup_spread=iqr_spread(ratios))
+        unfused = name + "-unfused"
+        if unfused in samples:
+            ratios = [t / r for r, t in zip(samples[name], samples[unfused])]
+            out[name].update(fused_speedup=statistics.median(ratios),
+                             fused_speedup_spread=iqr_spread(ratios))
     return out
+
+
+def saved_bytes(model: nn.Module, layout: str, batch: int = BATCH,
+                size: int = 224) -> Dict[str, int]:
+    """The memory one training forward saves for backward: the bytes of the distinct storages
+    that autograd's saved-tensor hooks see, the parameters' apart (they exist whether saved or
+    not). No timing: the hooks run in the forward."""
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    model = model.to(memory_format=fmt).train()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    x = x.contiguous(memory_format=fmt)
+    storages: Dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = max(storages.get(storage.data_ptr(), 0), storage.nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = model(x)
+    del y
+    return {"activations": sum(n for p, n in storages.items() if p not in params),
+            "parameters": sum(n for p, n in storages.items() if p in params)}
+
+
+def saved_worker(spec: Dict) -> Dict:
+    """saved_bytes of every model in spec["models"], in each layout."""
+    torch.set_num_threads(spec["threads"])
+    return {name: {layout: saved_bytes(build(name), layout) for layout in LAYOUTS}
+            for name in spec["models"]}
 
 
 def run_models(run_worker: Callable, models: List[str], variants: List[tuple], threads: int,
                rounds: int, seconds: float, step: Callable) -> Dict:
+    """One models_worker per variant, then one saved_worker (the last step)."""
     rows = []
     for variant in variants:
         step("models " + " ".join(variant))
         rows.append({"variant": variant, "models": run_worker({
             "kind": "models", "variant": variant, "models": models, "threads": threads,
             "rounds": rounds, "seconds": seconds})})
+    step("models saved for backward")
+    saved = run_worker({"kind": "saved", "models": models, "threads": threads})
     return {"models": models, "threads": threads, "rounds": rounds, "seconds": seconds,
-            "rows": rows, "torch": torch.__version__}
+            "rows": rows, "saved": saved, "torch": torch.__version__}
+
+
+def saved_total(entry: Dict[str, int]) -> int:
+    return entry["activations"] + entry["parameters"]
 
 
 def format_models(result: Dict) -> str:
@@ -185,10 +245,13 @@ def format_models(result: Dict) -> str:
               f"{result['seconds']:g} s of steps per model), ± the rounds' interquartile range "
               f"over the median")
     rednets = [m for m in models if m.startswith("rednet")]
-    paired = [m for m in rednets if m.replace("rednet", "resnet") in models]
+    paired = [m for m in rednets if resnet_twin(m) in models]
+    fused = [m for m in rednets if m + "-unfused" in models]
+    width = max([16] + [len(m) + 5 for m in paired + fused])
     cols = f"{'mode':<9} {'backend':<7} {'layout':<13} | {'rounds':>6} | " + " ".join(
         f"{m:>16}" for m in models) + " | " + " ".join(
-        f"{m + '/res':>16}" for m in paired) + " | peak MiB: " + " ".join(models) + (
+        f"{m + '/res':>{width}}" for m in paired) + " | " + " ".join(
+        f"{m + '/unf':>{width}}" for m in fused) + " | peak MiB: " + " ".join(models) + (
         " | in our op: ") + " ".join(rednets)
     lines = [header, "", cols, "-" * len(cols)]
     for row in result["rows"]:
@@ -198,8 +261,10 @@ def format_models(result: Dict) -> str:
             f"{r[models[0]]['rounds']:>6} | "
             + " ".join(f"{BATCH / r[m]['median_s']:>9.2f} ±{100 * r[m]['spread']:>4.1f}%"
                        for m in models) + " | "
-            + " ".join(f"{r[m]['speedup']:>8.2f}x ±{100 * r[m]['speedup_spread']:>4.1f}%"
+            + " ".join(f"{r[m]['speedup']:>{width - 8}.2f}x ±{100 * r[m]['speedup_spread']:>4.1f}%"
                        for m in paired) + " | "
+            + " ".join(f"{r[m]['fused_speedup']:>{width - 8}.2f}x "
+                       f"±{100 * r[m]['fused_speedup_spread']:>4.1f}%" for m in fused) + " | "
             + " ".join(f"{r[m]['peak_bytes'] / 2 ** 20:.0f}" for m in models) + " | "
             + " ".join(f"{100 * r[m]['op_share']:.1f}%" for m in models if "op_share" in r[m]))
     first = {m: max(row["models"][m]["first_step_s"] for row in result["rows"]
@@ -209,8 +274,63 @@ def format_models(result: Dict) -> str:
         lines += ["", "first step under torch.compile, longest of the variants (compilation; "
                   "short where inductor's on-disk cache already holds the graphs): "
                   + ", ".join(f"{m} {s:.0f} s" for m, s in first.items())]
-    lines += ["rednetN/res: RedNet-N's speed-up over ResNet-N, the median of the rounds' ratios "
-              "(both ran back to back in each round), ± their interquartile range",
+    lines += ["rednetN: the involution blocks run the fused op (kernel generated inside it); "
+              "rednetN-unfused: span conv + op (fused=False)",
+              "rednetN/res: RedNet-N's speed-up over ResNet-N, the median of the rounds' ratios "
+              "(both ran back to back in each round), ± their interquartile range; "
+              "rednetN/unf: the fused RedNet-N's over the unfused, the same way",
               "peak MiB: rise of the process's peak memory during one step, after warm-up; "
               "in our op: self time of the involution:: ops in one profiled step over its time"]
+    saved = result.get("saved")
+    if saved:
+        lines += ["", "saved for backward by one training forward (batch 8, 224x224; the distinct "
+                  "storages autograd's saved-tensor hooks see), MiB: activations + parameters "
+                  "= total, and the total over ResNet's of the same depth", ""]
+        for m in models:
+            twin = resnet_twin(m) if m.startswith("rednet") else None
+            lines.append(f"{m:<17} " + " | ".join(
+                f"{layout:<13} {saved[m][layout]['activations'] / 2 ** 20:>6.0f} + "
+                f"{saved[m][layout]['parameters'] / 2 ** 20:>4.0f} = "
+                f"{saved_total(saved[m][layout]) / 2 ** 20:>6.0f}"
+                + (f" {saved_total(saved[m][layout]) / saved_total(saved[twin][layout]):>5.2f}x"
+                   if twin in saved else " " * 7) for layout in LAYOUTS))
     return "\n".join(lines)
+
+
+# The project's targets for RedNet-50 against ResNet-50 (batch 8, 224x224, float32, CPU).
+TARGET_SPEEDUP = 1.3
+TARGET_SAVED_RATIO = 1.1
+
+
+def model_checks(result: Dict) -> List[tuple]:
+    """(target, measured, met): the fused RedNet-50's paired speed-up over ResNet-50 in eager
+    inference and training, both layouts; under torch.compile no lower than eager's; the memory
+    its training forward saves for backward against ResNet-50's."""
+    if "rednet50" not in result["models"] or "resnet50" not in result["models"]:
+        return []
+    ratios = {tuple(row["variant"]): row["models"]["rednet50"]["speedup"]
+              for row in result["rows"]}
+    checks = []
+    for mode in ("inference", "training"):
+        for layout in LAYOUTS:
+            eager = ratios.get((mode, "eager", layout))
+            if eager is not None:
+                checks.append((f"RedNet-50 over ResNet-50 >= {TARGET_SPEEDUP}x, eager {mode}, "
+                               f"{layout}", f"{eager:.2f}x", eager >= TARGET_SPEEDUP))
+            compiled = ratios.get((mode, "compile", layout))
+            if compiled is not None and eager is not None:
+                checks.append((f"RedNet-50 over ResNet-50 under torch.compile >= eager's, {mode}, "
+                               f"{layout}", f"{compiled:.2f}x (eager {eager:.2f}x)",
+                               compiled >= eager))
+    saved = result.get("saved")
+    if saved:
+        total = {m: saved_total(saved[m]["contiguous"]) for m in saved}
+        v = total["rednet50"] / total["resnet50"]
+        unfused = (f"; unfused {total['rednet50-unfused'] / 2 ** 20:.0f} MiB, "
+                   f"{total['rednet50-unfused'] / total['resnet50']:.2f}x"
+                   if "rednet50-unfused" in total else "")
+        checks.append((f"saved for backward by a RedNet-50 training forward <= "
+                       f"{TARGET_SAVED_RATIO}x ResNet-50's",
+                       f"{v:.2f}x ({total['rednet50'] / 2 ** 20:.0f} vs "
+                       f"{total['resnet50'] / 2 ** 20:.0f} MiB{unfused})", v <= TARGET_SAVED_RATIO))
+    return checks

@@ -45,7 +45,7 @@ from measure import IMPLEMENTATIONS, REDNET50_SHAPES
 WORKERS = {"op": measure.op_worker, "fused": measure.fused_worker,
            "compare": measure.compare_worker,
            "machine": measure.machine_worker, "onnxruntime": deployment.onnxruntime_worker,
-           "models": endtoend.models_worker}
+           "models": endtoend.models_worker, "saved": endtoend.saved_worker}
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 
 # glibc's malloc returns freed memory at the top of its heap to the system and serves large
@@ -273,7 +273,7 @@ def main(argv=None) -> int:
         len(shapes) if len(configs) > 1 else 0) + (
         len(shapes) * len(threads) if args.onnxruntime else 0)
     variants = [v for v in endtoend.VARIANTS if v[1] in args.model_backends.split(",")]
-    total += len(variants) if models else 0
+    total += len(variants) + 1 if models else 0
     counter = iter(range(total))
 
     def step(label):
@@ -294,10 +294,11 @@ def main(argv=None) -> int:
     progress(total, total, "done")
 
     checks = report.check_targets(results, comparison, args) if results else []
+    checks += endtoend.model_checks(end_to_end) if end_to_end else []
     extra = ([report.format_comparison(comparison, args.batch)] if comparison else []) + (
-        [report.format_targets(checks)] if checks else []) + (
         [deployment.format_onnxruntime(deployed)] if deployed else []) + (
-        [endtoend.format_models(end_to_end)] if end_to_end else [])
+        [endtoend.format_models(end_to_end)] if end_to_end else []) + (
+        [report.format_targets(checks)] if checks else [])
     print("\n\n".join([text for r in results for text in report.config_texts(r)] + extra))
     for path in (args.json, args.plot, args.markdown):
         if path:

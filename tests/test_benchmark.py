@@ -179,20 +179,55 @@ def test_resnet_has_the_standard_parameter_count():
 
 
 def test_models_benchmark_runs(tmp_path):
-    """--models-only with tiny settings: one eager variant's table, RedNet-26 and ResNet-26."""
+    """--models-only with tiny settings: one eager variant's table, RedNet-26 fused and unfused
+    and ResNet-26."""
     import endtoend
 
-    models = ["rednet26", "resnet26"]
+    models = ["rednet26", "rednet26-unfused", "resnet26"]
     out = endtoend.models_worker({"variant": ["inference", "eager", "channels_last"],
                                   "models": models, "threads": 1, "rounds": 2, "seconds": 0.0})
     assert out["rednet26"]["median_s"] > 0 and 0 < out["rednet26"]["op_share"] < 1
     assert out["rednet26"]["rounds"] == 2 and out["rednet26"]["spread"] >= 0
     assert out["rednet26"]["speedup"] > 0 and "speedup" not in out["resnet26"]
+    assert out["rednet26-unfused"]["speedup"] > 0 and out["rednet26"]["fused_speedup"] > 0
     table = endtoend.format_models({"models": models, "threads": 1, "rounds": 2,
                                     "seconds": 0.0, "torch": "x", "rows": [{
                                         "variant": ["inference", "eager", "channels_last"],
                                         "models": out}]})
-    assert "channels_last" in table and "rednet26/res" in table
+    assert "channels_last" in table and "rednet26/res" in table and "rednet26/unf" in table
+
+
+def test_fused_rednet_saves_less_for_backward():
+    """The saved-tensor measurement (small input: it counts bytes, it times nothing): the fused
+    RedNet saves no span kernel, so less than the unfused one; parameters are counted apart."""
+    import endtoend
+
+    saved = {name: endtoend.saved_bytes(endtoend.build(name), "contiguous", batch=1, size=64)
+             for name in ("rednet26", "rednet26-unfused", "resnet26")}
+    assert 0 < saved["rednet26"]["activations"] < saved["rednet26-unfused"]["activations"]
+    # The fused op saves the span conv's bias too (a few KiB): parameters are counted apart.
+    assert 0 < saved["rednet26-unfused"]["parameters"] <= saved["rednet26"]["parameters"]
+    assert saved["resnet26"]["activations"] > 0
+
+
+def test_model_targets_are_checked():
+    import endtoend
+
+    def row(mode, backend, layout, speedup):
+        return {"variant": [mode, backend, layout], "models": {"rednet50": {"speedup": speedup}}}
+
+    mib = 2 ** 20
+    result = {"models": ["rednet50", "rednet50-unfused", "resnet50"], "rows": [
+        row("inference", "eager", "contiguous", 1.4),
+        row("inference", "compile", "contiguous", 1.3),
+        row("training", "eager", "channels_last", 1.2)], "saved": {
+        "rednet50": {"contiguous": {"activations": 760 * mib, "parameters": 59 * mib}},
+        "rednet50-unfused": {"contiguous": {"activations": 895 * mib, "parameters": 59 * mib}},
+        "resnet50": {"contiguous": {"activations": 656 * mib, "parameters": 97 * mib}}}}
+    checks = endtoend.model_checks(result)
+    assert [ok for _, _, ok in checks] == [True, False, False, True], checks
+    assert checks[3][1] == "1.09x (819 vs 753 MiB; unfused 954 MiB, 1.27x)"
+    assert endtoend.model_checks({"models": ["rednet26", "resnet26"], "rows": []}) == []
 
 
 def test_models_spread_ignores_one_stalled_round():
