@@ -154,7 +154,8 @@ cpp-cuda: $(CUDA_VENV)/.deps
 		tail -1 build/cmake-cuda/report-$$arch.txt; \
 	done
 
-# The CUDA kernels run on the host (tests/cpp/emulate_cuda_kernels.cpp) under AddressSanitizer
+# The CUDA kernels run on the host (tests/cpp/emulate_cuda_kernels.cpp, and the fused ops' in
+# tests/cpp/emulate_fused_kernels.cpp) under AddressSanitizer
 # and UndefinedBehaviorSanitizer: index arithmetic, bounds and alignment, and the barriers of
 # shared memory (tests/cpp/emulate_block.h), without a GPU. First the block emulation's
 # self-test: its shared-memory kernels must pass, and each bug it can put into them must be
@@ -179,6 +180,8 @@ emulate:
 	done
 	$(CXX) $(EMULATE_CXXFLAGS) -o build/emulate_cuda_kernels tests/cpp/emulate_cuda_kernels.cpp
 	build/emulate_cuda_kernels 400
+	$(CXX) $(EMULATE_CXXFLAGS) -o build/emulate_fused_kernels tests/cpp/emulate_fused_kernels.cpp
+	build/emulate_fused_kernels 120
 
 clean:
 	rm -rf build dist *.egg-info involution/_C*.so involution/version.py $(VENV)
