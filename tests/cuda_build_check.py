@@ -11,7 +11,9 @@ import involution
 from involution import version
 
 OPS = ["involution2d", "_involution2d_backward_input", "_involution2d_backward_weight",
-       "involution3d", "_involution3d_backward_input", "_involution3d_backward_weight"]
+       "involution3d", "_involution3d_backward_input", "_involution3d_backward_weight",
+       "fused_involution2d", "_fused_involution2d_backward", "fused_involution3d",
+       "_fused_involution3d_backward"]
 
 
 def main() -> int:

@@ -55,7 +55,7 @@ def demangle(names):
 
 def short(name):
     name = re.sub(r"^void involution::cuda::", "", name)
-    name = re.sub(r"\(involution::Geometry.*$", "", name)
+    name = re.sub(r"\((involution::Geometry|involution::cuda::FusedDims|int, ).*$", "", name)
     return (name.replace("c10::BFloat16", "bf16").replace("c10::Half", "f16")
             .replace("__nv_bfloat16", "bf16").replace("double", "f64").replace("float", "f32"))
 
