@@ -508,7 +508,8 @@ def test_rednet_fused_saves_less_and_agrees():
     kernel_bytes = []
     hooks = [m.span.register_forward_hook(
         lambda mod, args, out: kernel_bytes.append(out.numel() * out.element_size()))
-        for m in unfused_model.modules() if isinstance(m, involution.models.rednet.RedNetInvolution)]
+        for m in unfused_model.modules()
+        if isinstance(m, involution.models.rednet.RedNetInvolution)]
     unfused_saved = saved_bytes(unfused_model, x)
     for h in hooks:
         h.remove()

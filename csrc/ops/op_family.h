@@ -1,7 +1,7 @@
 #pragma once
 // The two op families, involution2d and involution3d (with their fused forms), by number of
-// spatial axes: their names (for messages) and their typed dispatcher calls, so that each dispatch key's kernels are
-// written once as templates over `Dims`.
+// spatial axes: their names (for messages) and their typed dispatcher calls, so that each dispatch
+// key's kernels are written once as templates over `Dims`.
 
 #include <involution/involution.h>
 

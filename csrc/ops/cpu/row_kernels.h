@@ -663,12 +663,10 @@ KernelTable make_table() {
     using scalar_t = decltype(scalar);
     using acc_t = decltype(acc);
     constexpr int L = decltype(lanes)::value;
-    return Kernels<scalar_t>{&forward<scalar_t, acc_t, L>,
-                             &backward_input<scalar_t, acc_t, L>,
-                             &backward_weight<scalar_t, acc_t, L>,
-                             &span_generate<scalar_t, acc_t, L>,
-                             &span_grad_reduced<scalar_t, acc_t, L>,
-                             &span_grad_weight<scalar_t, acc_t, L>};
+    return Kernels<scalar_t>{
+        &forward<scalar_t, acc_t, L>,           &backward_input<scalar_t, acc_t, L>,
+        &backward_weight<scalar_t, acc_t, L>,   &span_generate<scalar_t, acc_t, L>,
+        &span_grad_reduced<scalar_t, acc_t, L>, &span_grad_weight<scalar_t, acc_t, L>};
   };
   using F = std::integral_constant<int, FloatLanes>;
   using D = std::integral_constant<int, FloatLanes / 2>;
