@@ -252,7 +252,9 @@ def test_custom_translation_table_with_torch_onnx_export():
     with torch.no_grad():
         assert_matches(run(program.model_proto, x)[0], model(x), 1e-4)
     assert set(involution.onnx.custom_translation_table) == {
-        torch.ops.involution.involution2d.default, torch.ops.involution.involution3d.default}
+        torch.ops.involution.involution2d.default, torch.ops.involution.involution3d.default,
+        torch.ops.involution.fused_involution2d.default,
+        torch.ops.involution.fused_involution3d.default}
 
 
 def test_export_writes_the_file(tmp_path):
