@@ -259,8 +259,15 @@ class _InvolutionNd(nn.Module):
     def _output_size(self, input: torch.Tensor) -> List[int]:
         out: List[int] = []
         for i in range(self._dims):
-            out.append(output_size(input.shape[2 + i], self._kernel[i], self._stride[i],
-                                   self._padding[i], self._dilation[i]))
+            if self._same_padding:
+                # The same number written as ceil(size / stride): inductor failed to compile
+                # Involution3d at stride 2 for symbolic sizes written as (size - 1) // 2 + 1
+                # (a ValueRangeError in its value-range analysis of the reduce conv's input
+                # strides, the kernel branch at that size); the ceil form compiles.
+                out.append((input.shape[2 + i] + self._stride[i] - 1) // self._stride[i])
+            else:
+                out.append(output_size(input.shape[2 + i], self._kernel[i], self._stride[i],
+                                       self._padding[i], self._dilation[i]))
         return out
 
     def _stride_pool(self, input: torch.Tensor, out: List[int]) -> torch.Tensor:
