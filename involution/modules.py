@@ -102,29 +102,27 @@ def _window_pool(input: torch.Tensor, out: List[int], stride: List[int], keep: L
     use_stride = floor_all | ceil_all
     wide = torch.float32 if input.dtype == torch.float16 or input.dtype == torch.bfloat16 \
         else input.dtype
+    # Axis by axis from the last: contract the last axis, divide the window sums by the window
+    # lengths, then move the pooled axis to the front of the spatial ones. Every intermediate
+    # is contiguous and its last axis the one contracted, which adds no guard on the sizes:
+    # a matmul over another axis (broadcast, or of a transposed view) makes PyTorch compare
+    # symbolic strides and sizes, guards that torch.export cannot prove for all sizes. The
+    # outcome is not a view either (inductor cannot order a saved view's symbolic strides:
+    # see _rescale_overhang).
     x = input.to(wide)
-    for i in range(dims):
-        if keep[i]:
-            continue
-        n, o, s, j = input.shape[2 + i], out[i], stride[i], j_all[i]
-        start = torch.div(j * n, o, rounding_mode="floor")
-        end = torch.div((j + 1) * n + o - 1, o, rounding_mode="floor")
-        if not adaptive:
-            start = torch.where(use_stride, j * s, start)
-            end = torch.where(use_stride, (j * s + s).clamp(max=n), end)
-        k = torch.arange(n, device=device)
-        inside = ((k >= start.unsqueeze(1)) & (k < end.unsqueeze(1))).to(wide)  # (o, n)
-        if i == dims - 1:
-            x = torch.matmul(x, inside.t())
-        elif i == dims - 2:
-            x = torch.matmul(inside, x)
-        else:  # the depth axis of (B, C, D, H, W): contract D of (B, C, D, H * W)
-            b, c, h, w = x.shape[0], x.shape[1], x.shape[3], x.shape[4]
-            x = torch.matmul(inside, x.flatten(3)).view([b, c, o, h, w])
-        # Window sums to averages. Dividing here rather than in the matrix also keeps the
-        # matmul's output, a view, from being what the next layer saves for backward: inductor
-        # fails to order a saved view's symbolic strides (see _rescale_overhang).
-        x = x / (end - start).to(wide).view([o] + [1] * (dims - 1 - i))
+    for i in range(dims - 1, -1, -1):
+        if not keep[i]:
+            n, o, s, j = input.shape[2 + i], out[i], stride[i], j_all[i]
+            start = torch.div(j * n, o, rounding_mode="floor")
+            end = torch.div((j + 1) * n + o - 1, o, rounding_mode="floor")
+            if not adaptive:
+                start = torch.where(use_stride, j * s, start)
+                end = torch.where(use_stride, (j * s + s).clamp(max=n), end)
+            k = torch.arange(n, device=device)
+            inside = ((k >= start.unsqueeze(1)) & (k < end.unsqueeze(1))).to(wide)  # (o, n)
+            x = torch.matmul(x, inside.t()) / (end - start).to(wide)
+        if dims > 1:  # (the last axis by its index: the TorchScript ONNX exporter needs that)
+            x = x.movedim(dims + 1, 2).contiguous()
     return x.to(input.dtype)
 
 
@@ -378,6 +376,10 @@ class Involution2d(_InvolutionNd):
     * ``adaptive_avg_pool2d`` to (OH, OW) otherwise (non-"same" padding, even kernels), where
       the seed crashes, and always when ``force_shape_match=True`` (the seed then pooled twice
       when stride > 1).
+
+    Without "same" padding the choice depends on the size; in traced graphs (torch.compile,
+    torch.export, ONNX) the same windows are averaged by a matrix product per axis and chosen
+    in the graph, so those layers are shape-dynamic too.
 
     Args:
         in_channels, out_channels: channels in and out; ``out_channels % groups == 0``.
