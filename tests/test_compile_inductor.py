@@ -95,10 +95,11 @@ def involution2d_layers():
     ).double()
 
 
-# A new size and batch size (the second layer sees 11x10, then 12x12), then another batch size
-# and height: (11, 12), with the width kept, as a new width retrains the backward graph (a
-# recompile, not an error: inductor specializes a saved convolution output's strides).
-SHAPES_2D = [(3, 8, 21, 19), (2, 8, 24, 23), (4, 8, 22, 23)]
+# A new size and batch size (the second layer sees 11x10, then 12x12), then a new batch size
+# alone. (A third size would compile again in training: inductor specializes the strides of a
+# saved convolution output in the backward graph, as it does for any conv + BatchNorm network.
+# Batch size 1 is left out: PyTorch specializes sizes of 1.)
+SHAPES_2D = [(3, 8, 21, 19), (2, 8, 24, 23), (4, 8, 24, 23)]
 
 
 def test_involution2d_training_after_size_and_batch_changes():
@@ -107,7 +108,7 @@ def test_involution2d_training_after_size_and_batch_changes():
 
 def test_involution2d_inference_after_size_and_batch_changes():
     model = calibrate_batchnorm(involution2d_layers(), SHAPES_2D[0])
-    compare_inference(model, SHAPES_2D + [(1, 8, 25, 20)])
+    compare_inference(model, SHAPES_2D + [(3, 8, 22, 26)])
 
 
 def test_training_with_dynamic_true():
@@ -115,8 +116,7 @@ def test_training_with_dynamic_true():
     torch.manual_seed(0)
     layer = involution.Involution2d(8, 8, kernel_size=3, padding=1, stride=2, groups=2,
                                     reduce_ratio=2)
-    compare_training(layer, [(3, 8, 13, 11), (3, 8, 15, 17), (2, 8, 14, 16)], dtype=torch.float32,
-                     dynamic=True)
+    compare_training(layer, [(3, 8, 13, 11), (2, 8, 15, 17)], dtype=torch.float32, dynamic=True)
 
 
 def test_involution3d_stride_2_training_and_inference():
@@ -124,7 +124,7 @@ def test_involution3d_stride_2_training_and_inference():
     layer = involution.Involution3d(4, 4, kernel_size=3, padding=1, stride=2, groups=2,
                                     reduce_ratio=2).double()
     compare_training(layer, [(2, 4, 7, 6, 9), (3, 4, 9, 8, 10)])
-    compare_inference(layer, [(2, 4, 7, 6, 9), (3, 4, 9, 8, 10), (1, 4, 8, 11, 7)])
+    compare_inference(layer, [(2, 4, 7, 6, 9), (3, 4, 9, 8, 10), (4, 4, 8, 11, 7)])
 
 
 def small_rednet(dtype=torch.float64):
@@ -146,5 +146,5 @@ def test_rednet_inference_with_freezing():
     # float32: freezing prepacks the convolutions' weights for oneDNN, which has no float64.
     model = calibrate_batchnorm(small_rednet(torch.float32), (4, 3, 64, 64))
     with torch._inductor.config.patch(freezing=True):
-        compare_inference(model, [(2, 3, 64, 64), (3, 3, 96, 96), (1, 3, 80, 72)],
+        compare_inference(model, [(2, 3, 64, 64), (3, 3, 96, 96), (4, 3, 80, 72)],
                           dtype=torch.float32)

@@ -128,8 +128,7 @@ def test_involution2d_below_opset_19_uses_the_decomposition():
 
 def test_involution3d_module_exports_as_standard_ops():
     torch.manual_seed(0)
-    # "Same" padding, so that the kernel branch pools with avg_pool3d: torch.onnx cannot
-    # export the adaptive_avg_pool3d used otherwise.
+    # "Same" padding (the kernel branch pools with avg_pool3d); without it, below.
     model = randomise_batchnorm(involution.Involution3d(
         4, 8, kernel_size=(3, 3, 5), stride=(1, 2, 1), padding=(2, 1, 2), dilation=(2, 1, 1),
         groups=2, reduce_ratio=2))
@@ -137,6 +136,32 @@ def test_involution3d_module_exports_as_standard_ops():
     program = export_and_compare(model, (x,))
     ops = {t for _, t in inlined_op_types(program.model_proto)}
     assert {"Pad", "Slice", "Mul", "Add"} <= ops and "DeformConv" not in ops
+
+
+def test_dynamic_sizes_without_same_padding():
+    """Layers without "same" padding, whose kernel branch eager mode pools in floor mode, ceil
+    mode or adaptively by the size, export with dynamic batch and sizes (the choice is made in
+    the graph) and match eager at sizes of each kind; Involution3d's adaptive pooling included
+    (adaptive_avg_pool3d does not export)."""
+    torch.manual_seed(0)
+    model2d = randomise_batchnorm(involution.Involution2d(
+        8, 8, kernel_size=3, padding=0, stride=2, groups=2, reduce_ratio=2))
+    model3d = randomise_batchnorm(involution.Involution3d(
+        4, 8, kernel_size=3, padding=0, stride=(2, 1, 1), groups=2, reduce_ratio=2))
+    # 2-D: odd sizes pool in floor mode, the others adaptively.
+    for model, x, others in (
+            (model2d, torch.randn(2, 8, 13, 11, generator=seeded()),
+             [(3, 8, 16, 14), (1, 8, 17, 15), (2, 8, 12, 19)]),
+            (model3d, torch.randn(2, 4, 6, 7, 8, generator=seeded()), [(3, 4, 9, 8, 10)])):
+        shapes = {0: Dim("batch", max=64)}
+        shapes.update({a: Dim(f"s{a}", min=5, max=64) for a in range(2, x.dim())})
+        program = export_and_compare(model, (x,), dynamic_shapes=(shapes,))
+        for size in others:
+            x2 = torch.randn(*size, generator=seeded(6))
+            with torch.no_grad():
+                expected = model(x2)
+            (actual,) = run(program.model_proto, x2)
+            assert_matches(actual, expected, 1e-4)
 
 
 # ------------------------------------------------------------------------------ the functional ops
@@ -351,6 +376,41 @@ def test_torchscript_exporter(tmp_path):
         torch.onnx.export(model2d, (cases[0][1],), str(tmp_path / "old.onnx"), dynamo=False,
                           opset_version=10)
     assert "needs opset >= 11, got opset_version=10" in error_chain(excinfo)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_torchscript_exporter_dynamic_sizes(tmp_path):
+    """The TorchScript exporter traces the kernel branch's size arithmetic, and the pooling of
+    layers without "same" padding makes its choice in the graph: batch, height and width (and
+    depth) stay dynamic, at stride 2 and without "same" padding too."""
+    torch.manual_seed(0)
+    kw = dict(groups=2, reduce_ratio=2)
+    cases = [
+        (involution.Involution2d(8, 8, kernel_size=3, padding=1, stride=2, **kw), (8, 13, 11),
+         [(3, 8, 16, 14), (1, 8, 9, 20)]),
+        (involution.Involution2d(8, 8, kernel_size=3, padding=0, stride=2, **kw), (8, 13, 11),
+         [(3, 8, 16, 14), (1, 8, 17, 15)]),
+        (involution.Involution3d(4, 4, kernel_size=3, padding=0, **kw), (4, 6, 7, 8),
+         [(3, 4, 9, 8, 10)]),
+    ]
+    for i, (model, shape, others) in enumerate(cases):
+        model = randomise_batchnorm(model).eval()
+        x = torch.randn(2, *shape, generator=seeded())
+        axes = {a: f"d{a}" for a in [0] + list(range(2, x.dim()))}
+        for opset in (17, 19):
+            path = tmp_path / f"m{i}_{opset}.onnx"
+            involution.onnx.export(model, (x,), str(path), dynamo=False, opset_version=opset,
+                                   input_names=["x"], dynamic_axes={"x": axes})
+            proto = onnx.load(str(path))
+            assert_standard_ops(proto)
+            for size in [x.shape] + others:
+                x2 = torch.randn(*size, generator=seeded(7))
+                with torch.no_grad():
+                    expected = model(x2)
+                (actual,) = run(proto, x2)
+                assert_matches(actual, expected, 1e-4)
 
 
 # ------------------------------------------------------------------------------ benchmark column
