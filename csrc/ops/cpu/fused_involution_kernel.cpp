@@ -3,15 +3,17 @@
 //
 // The kernel W = span(z) is generated one (batch, group) slab at a time into a buffer of
 // taps x output pixels per thread (span_kernels.h), and the involution row kernels
-// (row_kernels.h) run on that slab as a problem of one sample and one group: W is written and
-// read back in the cache and never reaches the (B, G*taps, O...) tensor the unfused path
-// allocates, writes and reads. The backward regenerates W the same way, in two passes:
-//   * grad_input, slab by slab: W, then the input-gradient row kernel;
-//   * the rest, in units of one sample's output rows: for each group, the weight-gradient row
-//     kernel gives dW for the unit's rows, from which grad_reduced (summed over the groups in
-//     order, in the accumulation type), grad_span_weight and grad_span_bias (per-unit partial
-//     sums) follow. The partial sums are added unit after unit in a fixed order, so every
-//     result is deterministic and independent of the number of threads, without atomics.
+// (row_kernels.h) run on that slab as a problem of one sample and one group: W never reaches
+// the (B, G*taps, O...) tensor the unfused path allocates, writes and reads.
+//   * forward: W is generated a few output rows at a time (a task grain), right before the
+//     forward row kernel reads those rows, so it is read back from L1/L2;
+//   * grad_input, slab by slab: the whole slab's W, then the input-gradient row kernel (an input
+//     row reads a window of output rows);
+//   * the rest, in units of one sample's output rows: for each group and a few rows at a time,
+//     the weight-gradient row kernel gives dW, from which grad_reduced (summed over the groups
+//     in order, in the accumulation type), grad_span_weight and grad_span_bias (per-unit
+//     partial sums) follow. The partial sums are added unit after unit in a fixed order, so
+//     every result is deterministic and independent of the number of threads, without atomics.
 // Memory: one slab of W (or dW) per thread, taps * O... elements, and the partial sums, at most
 // a few times the input's size for any geometry.
 
@@ -54,6 +56,13 @@ struct Fused {
   }
   int64_t output_offset(int64_t b, int64_t group) const {
     return (b * g.channels + group * g.channels_per_group()) * pixels;
+  }
+  // The first output pixel of slab task `task` (a block of kRowsPerTask output rows at one
+  // depth); `pixels` for the task count.
+  int64_t first_pixel(int64_t task) const {
+    const int64_t blocks = ceil_div(g.out[1], kRowsPerTask);
+    if (task >= output_row_tasks(slab)) return pixels;
+    return ((task / blocks) * g.out[1] + (task % blocks) * kRowsPerTask) * g.out[2];
   }
 };
 
@@ -117,12 +126,29 @@ void fused_forward(const Fused& f, const scalar_t* x, const scalar_t* z,
                    const acc_type<scalar_t>* S, const acc_type<scalar_t>* bias, scalar_t* y) {
   const auto& k = kernels().get<scalar_t>();
   const auto kernel = pick_kernel<scalar_t>(f.slab, Pass::forward);
-  const int64_t tasks = output_row_tasks(f.slab);
+  const int64_t tasks = output_row_tasks(f.slab), grain = task_grain(f.slab, f.g.out[2]);
   for_each_slab<scalar_t>(f, [&](int64_t s, scalar_t* W, int64_t threads) {
-    const int64_t b = s / f.g.groups, group = s % f.g.groups;
-    generate(f, k, S, bias, z, b, group, W, threads);
-    slab_kernel(f, kernel, tasks, f.g.out[2], x + f.input_offset(b, group), W,
-                y + f.output_offset(b, group), threads);
+    const int64_t b = s % f.g.batch, group = s / f.g.batch;  // group-major: S_g stays cached
+    const acc_type<scalar_t>* S_g = S + group * f.taps * f.reduced;
+    const acc_type<scalar_t>* bias_g = bias ? bias + group * f.taps : nullptr;
+    const scalar_t* z_b = z + b * f.reduced * f.pixels;
+    const scalar_t* x_s = x + f.input_offset(b, group);
+    scalar_t* y_s = y + f.output_offset(b, group);
+    // W is generated for a few output rows at a time, right before the forward kernel reads
+    // them: its working set is those rows' taps, not the slab's.
+    auto rows = [&](int64_t t0, int64_t t1) {
+      for (int64_t c0 = t0; c0 < t1; c0 += grain) {
+        const int64_t c1 = std::min(t1, c0 + grain);
+        k.span_generate(f.taps, f.reduced, S_g, bias_g, z_b, f.pixels, W, f.first_pixel(c0),
+                        f.first_pixel(c1));
+        kernel(f.slab, x_s, W, y_s, c0, c1);
+      }
+    };
+    if (threads <= 1) {
+      rows(0, tasks);
+    } else {
+      run_guided(std::min(threads, ceil_div(tasks, grain)), tasks, grain, rows);
+    }
   });
 }
 
@@ -134,7 +160,7 @@ void fused_backward_input(const Fused& f, const scalar_t* gy, const scalar_t* z,
   const auto kernel = pick_kernel<scalar_t>(f.slab, Pass::backward_input);
   const int64_t tasks = input_row_tasks(f.slab);
   for_each_slab<scalar_t>(f, [&](int64_t s, scalar_t* W, int64_t threads) {
-    const int64_t b = s / f.g.groups, group = s % f.g.groups;
+    const int64_t b = s % f.g.batch, group = s / f.g.batch;  // group-major: S_g stays cached
     generate(f, k, S, bias, z, b, group, W, threads);
     slab_kernel(f, kernel, tasks, f.g.in[2], gy + f.output_offset(b, group), W,
                 gx + f.input_offset(b, group), threads);
@@ -150,43 +176,55 @@ void fused_backward_span(const Fused& f, const scalar_t* gy, const scalar_t* x, 
   const auto& k = kernels().get<scalar_t>();
   const auto kernel = pick_kernel<scalar_t>(f.slab, Pass::backward_weight);
   const int64_t G = f.g.groups, T = f.taps, R = f.reduced, P = f.pixels;
-  const int64_t OH = f.g.out[1], OW = f.g.out[2];
-  // A unit: a run of one sample's output-row tasks, of about kUnitPixels pixels, or more where
-  // the partial sums (G*T*R per unit) would otherwise outgrow the tensors.
-  const int64_t tasks = output_row_tasks(f.slab), blocks = ceil_div(OH, kRowsPerTask);
+  const int64_t OW = f.g.out[2];
+  // A unit: a run of one sample's output-row tasks, of about 4096 pixels, or more where the
+  // partial sums (G*T*R per unit) would otherwise outgrow the tensors. Within a unit each group
+  // goes a few rows (`grain` tasks) at a time, so dW's working set is those rows' taps.
+  const int64_t tasks = output_row_tasks(f.slab), grain = task_grain(f.slab, OW);
   const int64_t task_pixels = kRowsPerTask * OW;
   const int64_t unit_pixels = std::max<int64_t>(4096, G * T * R / 4);
   const int64_t unit_tasks = std::clamp<int64_t>(unit_pixels / task_pixels, 1, tasks);
   const int64_t units_per_sample = ceil_div(tasks, unit_tasks);
   const int64_t units = f.g.batch * units_per_sample;
-  auto first_pixel = [&](int64_t task) {  // of slab task `task`; P for task == tasks
-    if (task >= tasks) return P;
-    return ((task / blocks) * OH + (task % blocks) * kRowsPerTask) * OW;
-  };
   std::vector<acc_t> gS_units(gS ? units * G * T * R : 0, acc_t(0));
   std::vector<acc_t> gb_units(gb ? units * G * T : 0, acc_t(0));
   const int64_t threads = useful_threads(units, 1);
   run_guided(threads, units, 1, [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> dW(static_cast<size_t>(T * P));
     std::vector<acc_t> gz_unit(gz ? static_cast<size_t>(R * unit_tasks * task_pixels) : 0);
+    // The unit's z transposed (pixels x R, rows zero-padded to ldz) for span_grad_weight.
+    const int64_t ldz = ceil_div(R, kSpanPad) * kSpanPad;
+    std::vector<acc_t> zT(gS ? static_cast<size_t>(unit_tasks * task_pixels * ldz) : 0);
     for (int64_t u = begin; u < end; ++u) {
       const int64_t b = u / units_per_sample;
       const int64_t t0 = (u % units_per_sample) * unit_tasks;
       const int64_t t1 = std::min(tasks, t0 + unit_tasks);
-      const int64_t n0 = first_pixel(t0), n1 = first_pixel(t1);
+      const int64_t n0 = f.first_pixel(t0), n1 = f.first_pixel(t1);
       const int64_t width = n1 - n0;
       const scalar_t* z_b = z + b * R * P;
-      for (int64_t group = 0; group < G; ++group) {
-        kernel(f.slab, gy + f.output_offset(b, group), x + f.input_offset(b, group), dW.data(), t0,
-               t1);
-        if (gz) {
-          k.span_grad_reduced(T, R, S + group * T * R, dW.data(), P, gz_unit.data(), width, n0, n1,
-                              group > 0);
+      if (gS) {
+        for (int64_t n = 0; n < width; ++n) {
+          acc_t* row = zT.data() + n * ldz;
+          for (int64_t r = 0; r < R; ++r) row[r] = static_cast<acc_t>(z_b[r * P + n0 + n]);
+          std::fill(row + R, row + ldz, acc_t(0));
         }
-        if (gS || gb) {
-          k.span_grad_weight(T, R, dW.data(), z_b, P, n0, n1,
-                             gS ? gS_units.data() + (u * G + group) * T * R : nullptr,
-                             gb ? gb_units.data() + (u * G + group) * T : nullptr);
+      }
+      for (int64_t group = 0; group < G; ++group) {
+        const scalar_t* gy_s = gy + f.output_offset(b, group);
+        const scalar_t* x_s = x + f.input_offset(b, group);
+        for (int64_t c0 = t0; c0 < t1; c0 += grain) {
+          const int64_t c1 = std::min(t1, c0 + grain);
+          const int64_t m0 = f.first_pixel(c0), m1 = f.first_pixel(c1);
+          kernel(f.slab, gy_s, x_s, dW.data(), c0, c1);
+          if (gz) {
+            k.span_grad_reduced(T, R, S + group * T * R, dW.data(), P, gz_unit.data() + (m0 - n0),
+                                width, m0, m1, group > 0);
+          }
+          if (gS || gb) {
+            k.span_grad_weight(T, R, dW.data(), P, m0, m1, zT.data() + (m0 - n0) * ldz, ldz,
+                               gS ? gS_units.data() + (u * G + group) * T * R : nullptr,
+                               gb ? gb_units.data() + (u * G + group) * T : nullptr);
+          }
         }
       }
       if (gz) {

@@ -63,6 +63,10 @@ inline RowBlock input_row_block(const Geometry& g, int64_t task) {
 template <typename scalar_t>
 using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
+// The padding of the rows of z transposed for span_grad_weight: a multiple of two vectors of
+// any instruction set, so that its column blocks read whole vectors.
+constexpr int64_t kSpanPad = 32;
+
 // Each involution kernel computes tasks [begin, end). The span kernels are the fused op's
 // kernel generation and its gradients (span_kernels.h).
 template <typename scalar_t>
@@ -79,9 +83,10 @@ struct Kernels {
   // (T, R, S, dW, ld, gz, ldg, n0, n1, accumulate)
   void (*span_grad_reduced)(int64_t, int64_t, const acc_t*, const scalar_t*, int64_t, acc_t*,
                             int64_t, int64_t, int64_t, bool);
-  // (T, R, dW, z, ld, n0, n1, gS, gb)
-  void (*span_grad_weight)(int64_t, int64_t, const scalar_t*, const scalar_t*, int64_t, int64_t,
-                           int64_t, acc_t*, acc_t*);
+  // (T, R, dW, ld, n0, n1, zT, ldz, gS, gb); zT: z's pixels [n0, n1) transposed, rows of
+  // ldz >= round_up(R, kSpanPad) elements zero-padded past R
+  void (*span_grad_weight)(int64_t, int64_t, const scalar_t*, int64_t, int64_t, int64_t,
+                           const acc_t*, int64_t, acc_t*, acc_t*);
 };
 
 struct KernelTable {
