@@ -222,6 +222,43 @@ def test_non_contiguous_and_channels_last(device):
         torch.testing.assert_close(gz, rgz, msg=name)
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("x_layout,gy_layout", [("channels_last", "channels_last"),
+                                                ("channels_last", "contiguous"),
+                                                ("contiguous", "channels_last")])
+def test_channels_last_input_and_grad_output(dims, x_layout, gy_layout):
+    # channels_last input and grad_output, alone or together, in 2-D and 3-D: the output and
+    # grad_input keep the input's layout and every gradient equals the contiguous reference.
+    # Many slabs (whole slabs per thread) and one slab (spread over the threads).
+    fmt = torch.channels_last if dims == 2 else torch.channels_last_3d
+    if dims == 2:
+        cases = [Case(3, 12, 3, (9, 11), (3, 5), (2, 1), (1, 2), (1, 1)),
+                 Case(1, 8, 1, (13, 10), (3, 3), (1, 1), (2, 1), (2, 1))]
+    else:
+        cases = [Case3d(2, 8, 2, (5, 6, 7), (3, 3, 3), (1, 2, 1), (1, 1, 1), (1, 1, 1)),
+                 Case3d(1, 4, 1, (4, 5, 6), (3, 1, 3), (1, 1, 1), (1, 0, 1), (1, 1, 1))]
+    for case in cases:
+        x, z, s, b = fused_operands(case, 5)
+        gy = torch.randn(case.batch, case.channels, *case.out, dtype=torch.float64,
+                         generator=torch.Generator().manual_seed(2))
+        rx, rz, rs, rb = (t.detach().requires_grad_() for t in (x, z, s, b))
+        expected = composite(rx, rz, rs, rb, case, reference=True)
+        ref_grads = torch.autograd.grad(expected, (rx, rz, rs, rb), gy)
+        xl = x.to(memory_format=fmt) if x_layout == "channels_last" else x
+        gyl = gy.to(memory_format=fmt) if gy_layout == "channels_last" else gy
+        xl, zl, sl, bl = (t.detach().requires_grad_() for t in (xl, z, s, b))
+        y = fused(xl, zl, sl, bl, case)
+        assert y.is_contiguous(memory_format=fmt if x_layout == "channels_last"
+                               else torch.contiguous_format)
+        torch.testing.assert_close(y, expected)
+        grads = torch.autograd.grad(y, (xl, zl, sl, bl), gyl)
+        if x_layout == "channels_last":
+            assert grads[0].is_contiguous(memory_format=fmt)
+        for name, g, r in zip(("input", "reduced", "span_weight", "span_bias"), grads,
+                              ref_grads):
+            torch.testing.assert_close(g, r, msg=lambda m: f"{case} {name}: {m}")
+
+
 def test_deterministic_and_independent_of_thread_count():
     # Few slabs (each spread over the threads) and many slabs (whole slabs per thread); the
     # weight-side backward's units of rows are shared out between threads either way.
