@@ -259,12 +259,70 @@ def test_channels_last_input_and_grad_output(dims, x_layout, gy_layout):
             torch.testing.assert_close(g, r, msg=lambda m: f"{case} {name}: {m}")
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, None), (torch.float32, 2e-4),
+                                       (torch.float16, 1e-2), (torch.bfloat16, 6e-2)])
+def test_channels_last_random_sweep(dtype, tol):
+    # channels_last inputs are computed in their layout (no copy): random 2-D and 3-D
+    # geometries with channels per group that fill whole SIMD vectors (8, 16, 32, 48), leave a
+    # rest (3, 17, 24) or are one, borders, strides, dilations, reduced in either layout;
+    # forward and all four gradients against the composite in float64.
+    rng = random.Random(11)
+    cases = random_cases(16, seed=41, max_size=14) + random_cases_3d(6, seed=43)
+    for i, case in enumerate(cases):
+        case = case._replace(channels=case.groups * rng.choice([1, 3, 8, 16, 17, 24, 32, 48]))
+        fmt = torch.channels_last if len(case.size) == 2 else torch.channels_last_3d
+        reduced = rng.choice([1, 5, 8, 16, 40])
+        x, z, s, b = fused_operands(case, reduced, bias=i % 3 != 0, seed=i)
+        gy = torch.randn(case.batch, case.channels, *case.out, dtype=torch.float64,
+                         generator=torch.Generator().manual_seed(i))
+        inputs = [t for t in (x, z, s, b) if t is not None]
+        ref = [t.detach().requires_grad_() for t in inputs]
+        expected = composite(*ref, *([None] if b is None else []), case)
+        ref_grads = torch.autograd.grad(expected, ref, gy)
+        xl = x.to(dtype).contiguous(memory_format=fmt)
+        zl = z.to(dtype).contiguous(memory_format=fmt) if i % 2 == 0 else z.to(dtype)
+        gyl = gy.to(dtype).contiguous(memory_format=fmt) if i % 4 != 1 else gy.to(dtype)
+        args = [t.to(dtype).detach().requires_grad_() for t in (xl, zl, s)]
+        args.append(b.to(dtype).detach().requires_grad_() if b is not None else None)
+        y = fused(*args, case)
+        assert y.is_contiguous(memory_format=fmt)
+        kw = {} if tol is None else {"atol": tol, "rtol": tol}
+        scale = expected.abs().max().item() + 1
+        torch.testing.assert_close(y.double() / scale, expected / scale, msg=str(case), **kw)
+        grads = torch.autograd.grad(y, [t for t in args if t is not None], gyl)
+        assert grads[0].is_contiguous(memory_format=fmt)
+        for name, g, r in zip(("input", "reduced", "span_weight", "span_bias"), grads,
+                              ref_grads):
+            scale = r.abs().max().item() + 1
+            torch.testing.assert_close(g.double() / scale, r / scale,
+                                       msg=lambda m: f"{case} {name}: {m}", **kw)
+
+
+def test_channels_last_gradcheck():
+    # gradcheck and gradgradcheck with channels_last input and reduced, 2-D and 3-D.
+    for case in (Case(2, 16, 2, (6, 7), (3, 3), (2, 1), (1, 1), (1, 2)),
+                 Case3d(1, 8, 1, (4, 5, 4), (3, 1, 3), (1, 2, 1), (1, 0, 1), (1, 1, 1))):
+        fmt = torch.channels_last if len(case.size) == 2 else torch.channels_last_3d
+        x, z, s, b = fused_operands(case, 3)
+        x, z = x.contiguous(memory_format=fmt), z.contiguous(memory_format=fmt)
+        inputs = [t.detach().requires_grad_() for t in (x, z, s, b)]
+        fn = lambda *t: fused(*t, case)  # noqa: E731
+        assert torch.autograd.gradcheck(fn, inputs)
+        assert torch.autograd.gradgradcheck(fn, inputs)
+
+
 def test_deterministic_and_independent_of_thread_count():
     # Few slabs (each spread over the threads) and many slabs (whole slabs per thread); the
     # weight-side backward's units of rows are shared out between threads either way.
-    for case in (Case(1, 16, 1, (47, 45), (7, 7), (1, 1), (3, 3), (1, 1)),
-                 Case(4, 16, 4, (17, 15), (7, 7), (1, 1), (3, 3), (1, 1))):
-        x, z, s, b = fused_operands(case, 6, dtype=torch.float32, requires_grad=True)
+    # The channels_last kernels: blocks of pixels and of input rows, units of pixels.
+    for case, layout in ((Case(1, 16, 1, (47, 45), (7, 7), (1, 1), (3, 3), (1, 1)), None),
+                         (Case(4, 16, 4, (17, 15), (7, 7), (1, 1), (3, 3), (1, 1)), None),
+                         (Case(3, 32, 2, (45, 47), (7, 7), (2, 1), (3, 3), (1, 1)),
+                          torch.channels_last)):
+        x, z, s, b = fused_operands(case, 6, dtype=torch.float32)
+        if layout is not None:
+            x, z = x.contiguous(memory_format=layout), z.contiguous(memory_format=layout)
+        x, z, s, b = (t.requires_grad_() for t in (x, z, s, b))
         threads = torch.get_num_threads()
         results = []
         try:

@@ -14,6 +14,9 @@
 //     in order, in the accumulation type), grad_span_weight and grad_span_bias (per-unit
 //     partial sums) follow. The partial sums are added unit after unit in a fixed order, so
 //     every result is deterministic and independent of the number of threads, without atomics.
+// channels-last inputs (channels_last, channels_last_3d) run the kernels of
+// channels_last_kernels.h on the tensors as they are, no copy; the output and grad_input keep
+// that layout.
 // Memory: one slab of W (or dW) per thread, taps * O... elements, and the partial sums, at most
 // a few times the input's size for any geometry.
 
@@ -253,12 +256,100 @@ void fused_backward_span(const Fused& f, const scalar_t* gy, const scalar_t* x, 
 
 at::MemoryFormat layout_of(const at::Tensor& t) { return t.suggest_memory_format(); }
 
+// Whether t is densely channels-last (channels_last, channels_last_3d).
+bool is_channels_last(const at::Tensor& t) {
+  const at::MemoryFormat layout = layout_of(t);
+  return layout != at::MemoryFormat::Contiguous && t.is_contiguous(layout);
+}
+
+// The span weight (G*T, R, 1...) as the channels-last kernels read it: per group (R, ldw), the
+// (T, R) block transposed, columns past T zero.
+at::Tensor transposed_span_weight(const at::Tensor& span_weight, int64_t groups, int64_t ldw,
+                                  at::ScalarType acc) {
+  const int64_t T = span_weight.size(0) / groups, R = span_weight.size(1);
+  at::Tensor St = at::zeros({groups, R, ldw}, span_weight.options().dtype(acc));
+  St.narrow(2, 0, T).copy_(span_weight.reshape({groups, T, R}).transpose(1, 2));
+  return St;
+}
+
+template <typename scalar_t>
+void fused_forward_channels_last(const Fused& f, const scalar_t* x, const scalar_t* z,
+                                 const acc_type<scalar_t>* St, int64_t ldw,
+                                 const acc_type<scalar_t>* bias, scalar_t* y) {
+  const auto& k = kernels().get<scalar_t>();
+  const int64_t pixels = f.g.batch * f.pixels;
+  const int64_t blocks = ceil_div(pixels, kChannelsLastPixels);
+  run_guided(useful_threads(blocks, 1), blocks, 1, [&](int64_t begin, int64_t end) {
+    k.fused_forward_channels_last(f.g, f.reduced, St, ldw, bias, x, z, y,
+                                  begin * kChannelsLastPixels,
+                                  std::min(pixels, end * kChannelsLastPixels));
+  });
+}
+
 // A result allocated in the layout of `like` (contiguous or channels_last).
 at::Tensor empty_like_layout(at::IntArrayRef sizes, const at::Tensor& like) {
   return at::empty(sizes, like.options().memory_format(layout_of(like)));
 }
 
 at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+// The span weight (G*T, R, 1...) as (G*T, ldr) rows zero-padded past R.
+at::Tensor padded_span_weight(const at::Tensor& span_weight, int64_t ldr, at::ScalarType acc) {
+  const int64_t rows = span_weight.size(0), R = span_weight.size(1);
+  at::Tensor Sp = at::zeros({rows, ldr}, span_weight.options().dtype(acc));
+  Sp.narrow(1, 0, R).copy_(span_weight.reshape({rows, R}));
+  return Sp;
+}
+
+template <typename scalar_t>
+void fused_backward_input_channels_last(const Fused& f, const scalar_t* gy, const scalar_t* z,
+                                        const acc_type<scalar_t>* St, int64_t ldw,
+                                        const acc_type<scalar_t>* bias, scalar_t* gx) {
+  const auto& k = kernels().get<scalar_t>();
+  const int64_t tasks = channels_last_input_tasks(f.g, ldw);
+  run_guided(useful_threads(tasks, 1), tasks, 1, [&](int64_t begin, int64_t end) {
+    k.fused_backward_input_channels_last(f.g, f.reduced, St, ldw, bias, gy, z, gx, begin, end);
+  });
+}
+
+// The gradients of reduced, span weight and span bias on channels-last tensors, in units of
+// output pixels whose partial sums are added in unit order (as fused_backward_span).
+template <typename scalar_t>
+void fused_backward_span_channels_last(const Fused& f, const scalar_t* gy, const scalar_t* x,
+                                       const scalar_t* z, const acc_type<scalar_t>* Sp, int64_t ldr,
+                                       scalar_t* gz, acc_type<scalar_t>* gS,
+                                       acc_type<scalar_t>* gb) {
+  using acc_t = acc_type<scalar_t>;
+  const auto& k = kernels().get<scalar_t>();
+  const int64_t G = f.g.groups, T = f.taps, R = f.reduced;
+  const int64_t pixels = f.g.batch * f.pixels;
+  // Units of about 4096 pixels, or more where the partial sums (G*T*R per unit) would
+  // otherwise outgrow the tensors, but at least 8 units where there are pixels for them (work
+  // for the threads; the split depends on the geometry only, never on the thread count).
+  const int64_t unit_pixels =
+      ceil_div(std::min(std::max<int64_t>(4096, G * T * R / 4), ceil_div(pixels, 8)),
+               kChannelsLastPixels) *
+      kChannelsLastPixels;
+  const int64_t units = ceil_div(pixels, unit_pixels);
+  std::vector<acc_t> gS_units(gS ? units * G * T * R : 0, acc_t(0));
+  std::vector<acc_t> gb_units(gb ? units * G * T : 0, acc_t(0));
+  run_guided(useful_threads(units, 1), units, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t u = begin; u < end; ++u) {
+      k.fused_backward_span_channels_last(f.g, R, Sp, ldr, gy, x, z, gz,
+                                          gS ? gS_units.data() + u * G * T * R : nullptr,
+                                          gb ? gb_units.data() + u * G * T : nullptr,
+                                          u * unit_pixels, std::min(pixels, (u + 1) * unit_pixels));
+    }
+  });
+  for (int64_t u = 0; gS && u < units; ++u) {
+    const acc_t* src = gS_units.data() + u * G * T * R;
+    for (int64_t i = 0; i < G * T * R; ++i) gS[i] += src[i];
+  }
+  for (int64_t u = 0; gb && u < units; ++u) {
+    const acc_t* src = gb_units.data() + u * G * T;
+    for (int64_t i = 0; i < G * T; ++i) gb[i] += src[i];
+  }
+}
 
 template <int64_t Dims>
 at::Tensor fused_forward_cpu(const at::Tensor& input, const at::Tensor& reduced,
@@ -272,10 +363,29 @@ at::Tensor fused_forward_cpu(const at::Tensor& input, const at::Tensor& reduced,
   const auto out_sizes = C10_AS_INTARRAYREF_SLOW(sizes.output);
   at::Tensor out = empty_like_layout(out_sizes, input);
   if (out.numel() == 0) return out;
-  const at::Tensor x = input.contiguous(), z = reduced.contiguous();
-  const at::Tensor S = span_weight.to(acc_dtype(input.scalar_type())).contiguous();
   const bool has_bias = span_bias.has_value() && span_bias->defined();
-  const at::Tensor bias = has_bias ? span_bias->to(S.scalar_type()).contiguous() : at::Tensor();
+  const auto acc = acc_dtype(input.scalar_type());
+  const at::Tensor bias = has_bias ? span_bias->to(acc).contiguous() : at::Tensor();
+  if (is_channels_last(input)) {
+    // Read and written in place: z in the same layout, the output is channels-last too.
+    const at::Tensor z = reduced.contiguous(layout_of(input));
+    const Fused f(detail::make_fused_geometry(Dims, input.sizes(), out_sizes, kernel_size,
+                                              sizes.groups.expect_int(), window),
+                  z.size(1));
+    const int64_t ldw = ceil_div(f.taps, kSpanPad) * kSpanPad;
+    const at::Tensor St = transposed_span_weight(span_weight, f.g.groups, ldw, acc);
+    TORCH_INTERNAL_ASSERT(out.is_contiguous(layout_of(input)));
+    INVOLUTION_DISPATCH_SUPPORTED_TYPES(input.scalar_type(), "fused_involution_cpu", [&] {
+      using acc_t = acc_type<scalar_t>;
+      fused_forward_channels_last<scalar_t>(
+          f, input.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(),
+          St.const_data_ptr<acc_t>(), ldw, has_bias ? bias.const_data_ptr<acc_t>() : nullptr,
+          out.mutable_data_ptr<scalar_t>());
+    });
+    return out;
+  }
+  const at::Tensor x = input.contiguous(), z = reduced.contiguous();
+  const at::Tensor S = span_weight.to(acc).contiguous();
   at::Tensor y = out.is_contiguous() ? out : at::empty(out_sizes, input.options());
   const Fused f(detail::make_fused_geometry(Dims, x.sizes(), out_sizes, kernel_size,
                                             sizes.groups.expect_int(), window),
@@ -314,6 +424,40 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_backward_cpu(
     // No output element or no input channel contributes: every gradient is zero.
     if (mask[0]) gx.zero_();
     if (mask[1]) gz.zero_();
+  } else if (is_channels_last(input)) {
+    // Read and written in place, in the input's layout (grad_output and reduced brought to it).
+    const at::MemoryFormat layout = layout_of(input);
+    const at::Tensor gy = grad_output.contiguous(layout), z = reduced.contiguous(layout);
+    const Fused f(detail::make_fused_geometry(Dims, input.sizes(), gy.sizes(), kernel_size,
+                                              sizes.groups.expect_int(), window),
+                  z.size(1));
+    const int64_t ldw = ceil_div(f.taps, kSpanPad) * kSpanPad;
+    const int64_t ldr = ceil_div(f.reduced, kSpanPad) * kSpanPad;
+    at::Tensor gz_c = !mask[1] || gz.is_contiguous(layout)
+                          ? gz
+                          : at::empty(z.sizes(), z.options().memory_format(layout));
+    TORCH_INTERNAL_ASSERT(!mask[0] || gx.is_contiguous(layout));
+    INVOLUTION_DISPATCH_SUPPORTED_TYPES(input.scalar_type(), "fused_involution_backward_cpu", [&] {
+      using acc_t = acc_type<scalar_t>;
+      if (mask[0]) {
+        const at::Tensor St = transposed_span_weight(span_weight, f.g.groups, ldw, acc);
+        const at::Tensor bias = has_bias ? span_bias->to(acc).contiguous() : at::Tensor();
+        fused_backward_input_channels_last<scalar_t>(
+            f, gy.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(),
+            St.const_data_ptr<acc_t>(), ldw, has_bias ? bias.const_data_ptr<acc_t>() : nullptr,
+            gx.mutable_data_ptr<scalar_t>());
+      }
+      if (span_side) {
+        const at::Tensor Sp = padded_span_weight(span_weight, ldr, acc);
+        fused_backward_span_channels_last<scalar_t>(
+            f, gy.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
+            z.const_data_ptr<scalar_t>(), Sp.const_data_ptr<acc_t>(), ldr,
+            mask[1] ? gz_c.mutable_data_ptr<scalar_t>() : nullptr,
+            mask[2] ? gS.mutable_data_ptr<acc_t>() : nullptr,
+            mask[3] && has_bias ? gb.mutable_data_ptr<acc_t>() : nullptr);
+      }
+    });
+    if (mask[1] && !gz_c.is_same(gz)) gz.copy_(gz_c);
   } else {
     const at::Tensor gy = grad_output.contiguous(), x = input.contiguous(),
                      z = reduced.contiguous();

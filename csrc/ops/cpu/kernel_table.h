@@ -67,6 +67,34 @@ using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, fl
 // any instruction set, so that its column blocks read whole vectors.
 constexpr int64_t kSpanPad = 32;
 
+// Output pixels per block of the channels-last fused forward: its generated kernel, pixels x
+// round_up(taps, kSpanPad) in the accumulation type, stays in L1/L2.
+constexpr int64_t kChannelsLastPixels = 64;
+
+// A task of the channels-last fused input gradient: `rows` input rows of one sample and depth;
+// the kernel of the output rows they receive from takes at most kernel_elements (per thread).
+// As many rows as keep that within 64K elements (the whole height for small maps), at least one.
+struct InputBlock {
+  int64_t rows, kernel_elements;
+};
+inline InputBlock channels_last_input_block(const Geometry& g, int64_t ldw) {
+  const int64_t slots = std::min(g.kernel[0], g.out[0]);  // output depths reaching one depth
+  auto elements = [&](int64_t n) {
+    const int64_t rows = std::min(
+        {g.out[1], (n - 1 + (g.kernel[1] - 1) * g.dilation[1]) / g.stride[1] + 1, n * g.kernel[1]});
+    return slots * rows * g.out[2] * ldw;
+  };
+  constexpr int64_t kBudget = int64_t{1} << 16;
+  int64_t n = 1;
+  while (n < g.in[1] && elements(n + 1) <= kBudget) ++n;
+  return {n, elements(n)};
+}
+
+// Tasks of the channels-last fused input gradient.
+inline int64_t channels_last_input_tasks(const Geometry& g, int64_t ldw) {
+  return g.batch * g.in[0] * ceil_div(g.in[1], channels_last_input_block(g, ldw).rows);
+}
+
 // Each involution kernel computes tasks [begin, end). The span kernels are the fused op's
 // kernel generation and its gradients (span_kernels.h).
 template <typename scalar_t>
@@ -87,6 +115,24 @@ struct Kernels {
   // ldz >= round_up(R, kSpanPad) elements zero-padded past R
   void (*span_grad_weight)(int64_t, int64_t, const scalar_t*, int64_t, int64_t, int64_t,
                            const acc_t*, int64_t, acc_t*, acc_t*);
+  // The fused forward on channels-last tensors (channels_last_kernels.h): (g, R, St, ldw, bias,
+  // x, z, y, p0, p1) computes output pixels [p0, p1) of the flattened (B, O...) grid; St holds
+  // per group the span weight transposed, (R, ldw) with ldw >= round_up(T, kSpanPad) and the
+  // columns past T zero.
+  void (*fused_forward_channels_last)(const Geometry&, int64_t, const acc_t*, int64_t, const acc_t*,
+                                      const scalar_t*, const scalar_t*, scalar_t*, int64_t,
+                                      int64_t);
+  // Its input gradient: (g, R, St, ldw, bias, gy, z, gx, task0, task1), the input-row tasks of
+  // channels_last_input_tasks.
+  void (*fused_backward_input_channels_last)(const Geometry&, int64_t, const acc_t*, int64_t,
+                                             const acc_t*, const scalar_t*, const scalar_t*,
+                                             scalar_t*, int64_t, int64_t);
+  // The gradients of z, span weight and bias: (g, R, Sp, ldr, gy, x, z, gz, gS, gb, p0, p1)
+  // for output pixels [p0, p1); Sp is the span weight (G*T, ldr), ldr >= round_up(R,
+  // kSpanPad), columns past R zero; gS and gb are added to.
+  void (*fused_backward_span_channels_last)(const Geometry&, int64_t, const acc_t*, int64_t,
+                                            const scalar_t*, const scalar_t*, const scalar_t*,
+                                            scalar_t*, acc_t*, acc_t*, int64_t, int64_t);
 };
 
 struct KernelTable {

@@ -45,6 +45,7 @@
 #error "include kernel_table.h, set the target, define INVOLUTION_CPU_ISA, then include this"
 #endif
 
+#include "channels_last_kernels.h"
 #include "kernel_table.h"
 #include "simd.h"
 #include "span_kernels.h"
@@ -663,10 +664,15 @@ KernelTable make_table() {
     using scalar_t = decltype(scalar);
     using acc_t = decltype(acc);
     constexpr int L = decltype(lanes)::value;
-    return Kernels<scalar_t>{
-        &forward<scalar_t, acc_t, L>,           &backward_input<scalar_t, acc_t, L>,
-        &backward_weight<scalar_t, acc_t, L>,   &span_generate<scalar_t, acc_t, L>,
-        &span_grad_reduced<scalar_t, acc_t, L>, &span_grad_weight<scalar_t, acc_t, L>};
+    return Kernels<scalar_t>{&forward<scalar_t, acc_t, L>,
+                             &backward_input<scalar_t, acc_t, L>,
+                             &backward_weight<scalar_t, acc_t, L>,
+                             &span_generate<scalar_t, acc_t, L>,
+                             &span_grad_reduced<scalar_t, acc_t, L>,
+                             &span_grad_weight<scalar_t, acc_t, L>,
+                             &fused_forward_channels_last<scalar_t, acc_t, L>,
+                             &fused_backward_input_channels_last<scalar_t, acc_t, L>,
+                             &fused_backward_span_channels_last<scalar_t, acc_t, L>};
   };
   using F = std::integral_constant<int, FloatLanes>;
   using D = std::integral_constant<int, FloatLanes / 2>;
