@@ -311,6 +311,38 @@ def test_channels_last_gradcheck():
         assert torch.autograd.gradgradcheck(fn, inputs)
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+def test_channels_last_non_finite_as_contiguous(dims):
+    # Inf and NaN in reduced (so in the generated kernel, padding taps included) and in
+    # grad_output: the channels_last kernels give the NaN/Inf pattern of the contiguous ones
+    # (taps outside the input enter the sums as w * 0).
+    fmt = torch.channels_last if dims == 2 else torch.channels_last_3d
+    cases = (random_cases(12, seed=51, max_size=9) if dims == 2
+             else random_cases_3d(6, seed=53))
+    gen = torch.Generator().manual_seed(3)
+    for i, case in enumerate(cases):
+        case = case._replace(channels=case.groups * (8 if i % 2 else 3))
+        x, z, s, b = fused_operands(case, 4, seed=i)
+        z, s = z.clone(), s.clone()
+        if i % 2:  # every tap of a pixel
+            z.view(-1)[torch.randint(0, z.numel(), (2,), generator=gen)] = float("inf")
+        else:  # one tap of every pixel, at the border a tap outside the input
+            s.view(s.shape[0], -1)[torch.randint(0, s.shape[0], (1,), generator=gen), 0] = (
+                float("inf"))
+        gy = torch.randn(case.batch, case.channels, *case.out, dtype=torch.float64,
+                         generator=gen)
+        gy.view(-1)[torch.randint(0, gy.numel(), (1,), generator=gen)] = float("nan")
+        results = []
+        for layout in (torch.contiguous_format, fmt):
+            args = [t.contiguous(memory_format=layout).requires_grad_()
+                    for t in (x, z)] + [s.detach().requires_grad_(), b.detach().requires_grad_()]
+            y = fused(*args, case)
+            results.append((y, *torch.autograd.grad(y, args, gy.contiguous(memory_format=layout))))
+        for name, a, c in zip(("output", "input", "reduced", "span_weight", "span_bias"),
+                              *results):
+            torch.testing.assert_close(c, a, equal_nan=True, msg=lambda m: f"{case} {name}: {m}")
+
+
 def test_deterministic_and_independent_of_thread_count():
     # Few slabs (each spread over the threads) and many slabs (whole slabs per thread); the
     # weight-side backward's units of rows are shared out between threads either way.

@@ -30,6 +30,8 @@
 #endif
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <utility>
 #include <vector>
 
@@ -93,6 +95,26 @@ inline void aggregate_block(const Geometry& g, const int64_t* row_x, const int64
   }
   for (int pb = 0; pb < PB; ++pb)
     for (int v = 0; v < NV; ++v) store(out[pb] + v * Lanes, acc[pb][v], Lanes);
+}
+
+// Whether a weight of output pixel px (its row w of taps, width taps [lo, hi) inside) at a tap
+// outside the input is not finite.
+template <typename acc_t>
+inline bool padding_tap_not_finite(const Geometry& g, const Pixel& px, const acc_t* w, int64_t lo,
+                                   int64_t hi) {
+  const int64_t KD = g.kernel[0], KH = g.kernel[1], KW = g.kernel[2];
+  bool bad = false;
+  for (int64_t kd = 0; kd < KD; ++kd) {
+    const int64_t id = px.od * g.stride[0] - g.padding[0] + kd * g.dilation[0];
+    for (int64_t kh = 0; kh < KH; ++kh) {
+      const int64_t ih = px.oh * g.stride[1] - g.padding[1] + kh * g.dilation[1];
+      const bool row_inside = id >= 0 && id < g.in[0] && ih >= 0 && ih < g.in[1];
+      const acc_t* wr = w + (kd * KH + kh) * KW;
+      for (int64_t kw = 0; kw < KW; ++kw)
+        if (!row_inside || kw < lo || kw >= hi) bad |= !std::isfinite(wr[kw]);
+    }
+  }
+  return bad;
 }
 
 inline int64_t gcd(int64_t a, int64_t b) {
@@ -180,6 +202,18 @@ void fused_forward_channels_last(const Geometry& g, int64_t R, const acc_t* St, 
           for (int64_t t = 0; t < T; ++t) row[t] += b[t];
         }
       }
+      // Whether every weight of the block is finite (sum of w * 0 is 0), so that no pixel
+      // needs the check of its taps outside the input below.
+      V probe = V{};
+      acc_t probe_rest = 0;
+      for (int64_t p = 0; p < P; ++p) {
+        const acc_t* row = Wt.data() + p * ldw;
+        int64_t t = 0;
+        for (; t + Lanes <= T; t += Lanes) probe += load<V>(row + t) * V{};
+        for (; t < T; ++t) probe_rest += row[t] * acc_t(0);
+      }
+      for (int l = 0; l < Lanes; ++l) probe_rest += probe[l];
+      const bool all_finite = probe_rest == acc_t(0);
       // Runs of pixels within one output row share their (kd, kh) taps.
       int64_t q = q0;
       while (q < q1) {
@@ -279,6 +313,19 @@ void fused_forward_channels_last(const Geometry& g, int64_t R, const acc_t* St, 
                 }
               }
               y_row[ow * C + c] = static_cast<scalar_t>(sum);
+            }
+          }
+        }
+        // Taps outside the input enter the sums as w * 0 (the zero-padded formulation's
+        // semantics, as the other kernels): a non-finite weight there makes the pixel NaN.
+        if (!all_finite && (rows < KD * KH || interior0 > px.ow || interior1 < px.ow + run)) {
+          for (int64_t ow = px.ow; ow < px.ow + run; ++ow) {
+            if (rows == KD * KH && ow >= interior0 && ow < interior1) continue;
+            int64_t lo, hi;
+            width_taps(g, ow * s - pad, lo, hi);
+            if (padding_tap_not_finite(g, px, w_at(ow), lo, hi)) {
+              for (int64_t c = 0; c < CG; ++c)
+                y_row[ow * C + c] = std::numeric_limits<scalar_t>::quiet_NaN();
             }
           }
         }
@@ -614,6 +661,17 @@ void fused_backward_span_channels_last(const Geometry& g, int64_t R, const acc_t
                 sum += static_cast<acc_t>(gyp[c]) * static_cast<acc_t>(xp[c]);
               dw[r * KW + kw] = sum;
             }
+          }
+        }
+        // Taps outside the input: sum_c gy * 0, NaN where the pixel's gy is not finite.
+        if (!all_taps) {
+          bool finite = true;
+          for (int64_t c = 0; c < CG; ++c) finite &= std::isfinite(static_cast<acc_t>(gyp[c]));
+          if (!finite) {
+            for (int64_t r = 0; r < KD * KH; ++r)
+              for (int64_t kw = 0; kw < KW; ++kw)
+                if (row_x[r] < 0 || kw < lo || kw >= hi)
+                  dw[r * KW + kw] = std::numeric_limits<acc_t>::quiet_NaN();
           }
         }
       }
