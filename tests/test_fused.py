@@ -343,6 +343,24 @@ def test_channels_last_non_finite_as_contiguous(dims):
             torch.testing.assert_close(c, a, equal_nan=True, msg=lambda m: f"{case} {name}: {m}")
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+def test_channels_last_opcheck(dims):
+    # The fake (meta) kernels give channels_last inputs the strides the CPU kernels return.
+    fmt = torch.channels_last if dims == 2 else torch.channels_last_3d
+    case = (Case(2, 16, 2, (7, 9), (3, 3), (1, 1), (1, 1), (1, 1)) if dims == 2
+            else Case3d(2, 16, 2, (4, 5, 6), (3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1)))
+    x, z, s, b = fused_operands(case, 4)
+    x, z = x.contiguous(memory_format=fmt), z.contiguous(memory_format=fmt)
+    gy = torch.randn(case.batch, case.channels, *case.out,
+                     dtype=torch.float64).contiguous(memory_format=fmt)
+    op = ops.fused_involution2d if dims == 2 else ops.fused_involution3d
+    backward = ops._fused_involution2d_backward if dims == 2 else ops._fused_involution3d_backward
+    torch.library.opcheck(op, (x.requires_grad_(), z.requires_grad_(), s.requires_grad_(),
+                               b.requires_grad_(), list(case.kernel), *case.params()))
+    torch.library.opcheck(backward, (gy, x.detach(), z.detach(), s.detach(), b.detach(),
+                                     list(case.kernel), *case.params(), [True] * 4))
+
+
 def test_deterministic_and_independent_of_thread_count():
     # Few slabs (each spread over the threads) and many slabs (whole slabs per thread); the
     # weight-side backward's units of rows are shared out between threads either way.
