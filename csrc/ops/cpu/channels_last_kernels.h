@@ -464,7 +464,7 @@ void fused_backward_input_channels_last(const Geometry& g, int64_t R, const acc_
         const int64_t full_vectors = CG / Lanes;
         const int64_t pb = full_vectors >= 4 ? 2 : full_vectors >= 2 ? 4 : 8;
         const bool blocks = CG % Lanes == 0 && full_vectors > 0;
-        auto block = [&](auto pb_const, int64_t iw, int64_t first, int64_t count, int64_t ow0) {
+        auto columns = [&](auto pb_const, int64_t iw, int64_t first, int64_t count, int64_t ow0) {
           int64_t c = 0, vectors = full_vectors;
           for (; vectors >= 4; vectors -= 4, c += 4 * Lanes)
             pixels(pb_const, std::integral_constant<int, 4>(), iw, c, first, 0, count, ow0);
@@ -497,11 +497,11 @@ void fused_backward_input_channels_last(const Geometry& g, int64_t R, const acc_
             if (blocks && iw >= in_lo && iw + (pb - 1) * s <= std::min(in_hi, g.in[2] - 1)) {
               const int64_t ow0 = (iw + pad - first * d) / s;
               if (pb == 2) {
-                block(std::integral_constant<int, 2>(), iw, first, count, ow0);
+                columns(std::integral_constant<int, 2>(), iw, first, count, ow0);
               } else if (pb == 4) {
-                block(std::integral_constant<int, 4>(), iw, first, count, ow0);
+                columns(std::integral_constant<int, 4>(), iw, first, count, ow0);
               } else {
-                block(std::integral_constant<int, 8>(), iw, first, count, ow0);
+                columns(std::integral_constant<int, 8>(), iw, first, count, ow0);
               }
               iw += pb * s;
             } else {
