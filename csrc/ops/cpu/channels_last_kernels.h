@@ -97,6 +97,19 @@ inline void aggregate_block(const Geometry& g, const int64_t* row_x, const int64
     for (int v = 0; v < NV; ++v) store(out[pb] + v * Lanes, acc[pb][v], Lanes);
 }
 
+// The kernel of M consecutive pixels (z's rows, R apart) for one group: W[m, t] =
+// sum_k z[m, k] * St[k, t] + bias[t] (rows ldw apart; St: the group's (R, ldw) transposed span
+// weight, zero past T; bias null: none).
+template <typename V, typename scalar_t, typename acc_t>
+inline void generate(int64_t M, int64_t R, int64_t T, const scalar_t* z, const acc_t* St,
+                     int64_t ldw, const acc_t* bias, acc_t* W) {
+  span::product<false, V>(M, R, z, R, 1, static_cast<const acc_t*>(nullptr), St, ldw, 0, T, W, ldw,
+                          0, true);
+  if (bias == nullptr) return;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t t = 0; t < T; ++t) W[m * ldw + t] += bias[t];
+}
+
 // Whether a weight of output pixel px (its row w of taps, width taps [lo, hi) inside) at a tap
 // outside the input is not finite.
 template <typename acc_t>
@@ -193,15 +206,8 @@ void fused_forward_channels_last(const Geometry& g, int64_t R, const acc_t* St, 
   for (int64_t q0 = p0; q0 < p1; q0 += kPixels) {
     const int64_t q1 = std::min(p1, q0 + kPixels), P = q1 - q0;
     for (int64_t grp = 0; grp < G; ++grp) {
-      span::product<false, V>(P, R, z + q0 * R, R, 1, static_cast<const acc_t*>(nullptr),
-                              St + grp * R * ldw, ldw, 0, T, Wt.data(), ldw, 0, true);
-      if (bias != nullptr) {
-        const acc_t* b = bias + grp * T;
-        for (int64_t p = 0; p < P; ++p) {
-          acc_t* row = Wt.data() + p * ldw;
-          for (int64_t t = 0; t < T; ++t) row[t] += b[t];
-        }
-      }
+      generate<V>(P, R, T, z + q0 * R, St + grp * R * ldw, ldw, bias ? bias + grp * T : nullptr,
+                  Wt.data());
       // Whether every weight of the block is finite (sum of w * 0 is 0), so that no pixel
       // needs the check of its taps outside the input below.
       V probe = V{};
@@ -375,13 +381,8 @@ void fused_backward_input_channels_last(const Geometry& g, int64_t R, const acc_
         od_slot[o] = slots;
         const int64_t first = ((b * OD + o) * OH + oh.lo) * OW, M = n_oh * OW;
         acc_t* W = Wb.data() + slots * M * ldw;
-        span::product<false, V>(M, R, z + first * R, R, 1, static_cast<const acc_t*>(nullptr),
-                                St + grp * R * ldw, ldw, 0, T, W, ldw, 0, true);
-        if (bias != nullptr) {
-          const acc_t* bg = bias + grp * T;
-          for (int64_t m = 0; m < M; ++m)
-            for (int64_t t = 0; t < T; ++t) W[m * ldw + t] += bg[t];
-        }
+        generate<V>(M, R, T, z + first * R, St + grp * R * ldw, ldw,
+                    bias ? bias + grp * T : nullptr, W);
         ++slots;
       }
       for (int64_t ih = ih0; ih < ih1; ++ih) {

@@ -170,6 +170,15 @@ void fused_backward_input(const Fused& f, const scalar_t* gy, const scalar_t* z,
   });
 }
 
+// dst[0, n) += the per-unit partial sums (units of n elements each), unit after unit: a fixed
+// order, whatever thread computed which unit.
+template <typename acc_t>
+void add_units(const std::vector<acc_t>& partial, int64_t n, acc_t* dst) {
+  for (size_t u = 0; u < partial.size(); u += static_cast<size_t>(n)) {
+    for (int64_t i = 0; i < n; ++i) dst[i] += partial[u + i];
+  }
+}
+
 // The gradients of reduced, span weight and span bias (any of them null: not wanted).
 template <typename scalar_t>
 void fused_backward_span(const Fused& f, const scalar_t* gy, const scalar_t* x, const scalar_t* z,
@@ -239,19 +248,8 @@ void fused_backward_span(const Fused& f, const scalar_t* gy, const scalar_t* x, 
       }
     }
   });
-  // The units' partial sums, added in unit order.
-  if (gS) {
-    for (int64_t u = 0; u < units; ++u) {
-      const acc_t* src = gS_units.data() + u * G * T * R;
-      for (int64_t i = 0; i < G * T * R; ++i) gS[i] += src[i];
-    }
-  }
-  if (gb) {
-    for (int64_t u = 0; u < units; ++u) {
-      const acc_t* src = gb_units.data() + u * G * T;
-      for (int64_t i = 0; i < G * T; ++i) gb[i] += src[i];
-    }
-  }
+  if (gS) add_units(gS_units, G * T * R, gS);
+  if (gb) add_units(gb_units, G * T, gb);
 }
 
 at::MemoryFormat layout_of(const at::Tensor& t) { return t.suggest_memory_format(); }
@@ -341,14 +339,8 @@ void fused_backward_span_channels_last(const Fused& f, const scalar_t* gy, const
                                           u * unit_pixels, std::min(pixels, (u + 1) * unit_pixels));
     }
   });
-  for (int64_t u = 0; gS && u < units; ++u) {
-    const acc_t* src = gS_units.data() + u * G * T * R;
-    for (int64_t i = 0; i < G * T * R; ++i) gS[i] += src[i];
-  }
-  for (int64_t u = 0; gb && u < units; ++u) {
-    const acc_t* src = gb_units.data() + u * G * T;
-    for (int64_t i = 0; i < G * T; ++i) gb[i] += src[i];
-  }
+  if (gS) add_units(gS_units, G * T * R, gS);
+  if (gb) add_units(gb_units, G * T, gb);
 }
 
 template <int64_t Dims>
