@@ -13,9 +13,10 @@ tensor inside the op (CPU and CUDA kernels, C++ autograd, meta kernels for
 torch.compile/torch.export, autocast).
 """
 
-from . import _library
+from . import _library, _registrations
 
 library_path = _library.load()
+_registrations.register()
 
 from . import functional, models, onnx  # noqa: E402  (.onnx imports neither onnx nor onnxscript)
 from .functional import (  # noqa: E402

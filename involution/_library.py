@@ -31,13 +31,27 @@ def _major_minor(version: str) -> tuple:
     return tuple(version.split("+")[0].split(".")[:2])
 
 
+# The oldest torch whose stable ABI has every C shim the wheel's library uses.
+OLDEST_TORCH = (2, 11)
+
+
 def load() -> str:
     """Loads the op library into torch.ops.involution and returns its path."""
     try:
         from .version import torch_version as built_with
     except ImportError:
         built_with = None
-    if built_with is not None and _major_minor(built_with) != _major_minor(torch.__version__):
+    try:
+        from .version import stable_abi
+    except ImportError:
+        stable_abi = False
+    if stable_abi:
+        installed = tuple(int(v) for v in _major_minor(torch.__version__))
+        if installed < OLDEST_TORCH:
+            raise ImportError(
+                f"involution: the op library needs torch >= {OLDEST_TORCH[0]}.{OLDEST_TORCH[1]} "
+                f"(PyTorch's stable ABI), but torch {torch.__version__} is installed.")
+    elif built_with is not None and _major_minor(built_with) != _major_minor(torch.__version__):
         raise ImportError(
             f"involution: the op library was built against torch {built_with}, but torch "
             f"{torch.__version__} is installed. Rebuild it against this torch with "

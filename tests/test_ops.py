@@ -297,10 +297,15 @@ def test_cpu_autocast_runs_in_bfloat16():
         assert ops.involution2d(x64, w64, *case.params()).dtype == torch.float64
 
 
-def test_autograd_node_is_the_cpp_one():
+def test_autograd_node_is_the_libraries_own():
+    # The CMake library registers autograd in C++; the wheel's (PyTorch's stable ABI) from
+    # Python, with torch.library.register_autograd: either way the op's own backward, not a
+    # decomposition's.
     x, w = Case(1, 2, 1, (5, 5), (3, 3), (1, 1), (1, 1), (1, 1)).tensors(requires_grad=True)
     y = ops.involution2d(x, w, [1, 1], [1, 1], [1, 1])
-    assert type(y.grad_fn).__name__ == "CppFunction"
+    expected = ("CppFunction" if involution._registrations.has_cpp_registrations()
+                else "GeneratedBackwardFor_involution_involution2d_defaultBackward")
+    assert type(y.grad_fn).__name__ == expected
     assert involution.library_path.endswith((".so", ".pyd", ".dylib"))
 
 
@@ -327,6 +332,13 @@ def test_more_than_2_pow_31_elements(device):
 CPU_CAPABILITIES = ["DEFAULT", "AVX2", "AVX512"]
 
 
+def test_kernel_table_follows_torchs_cpu_capability():
+    best = torch.backends.cpu.get_cpu_capability()
+    if best not in CPU_CAPABILITIES:
+        pytest.skip(f"torch reports {best}")
+    assert ops._cpu_capability() == best.lower()
+
+
 @pytest.mark.parametrize("capability", CPU_CAPABILITIES)
 def test_every_cpu_instruction_set(capability):
     # The kernels are compiled once per instruction set and picked at run time from ATen's CPU
@@ -345,6 +357,12 @@ def test_every_cpu_instruction_set(capability):
         [sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
         env=env, capture_output=True, text=True, check=True).stdout.strip()
     assert seen == capability
+    # The library chooses its kernel table itself (cpuid and ATEN_CPU_CAPABILITY, as torch does).
+    chosen = subprocess.run(
+        [sys.executable, "-c",
+         "import involution, torch; print(torch.ops.involution._cpu_capability())"],
+        env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert chosen == capability.lower()
     here = os.path.dirname(os.path.abspath(__file__))
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k",

@@ -1,13 +1,11 @@
-// The fused involution ops, fused_involution2d and fused_involution3d: their schemas and the
-// C++ API (cached, typed dispatcher calls). The kernel is generated from the reduced tensor by
-// the 1x1 span convolution where it is used and never stored; the kernels live in cpu/, cuda/,
-// meta/, autograd/ and autocast/ (fused_involution_kernel.*), one file per dispatch key.
+// The fused involution ops, fused_involution2d and fused_involution3d: the C++ API (cached, typed
+// dispatcher calls). The kernel is generated from the reduced tensor by the 1x1 span convolution
+// where it is used and never stored; the kernels live in cpu/, cuda/, meta/, autograd/ and
+// autocast/ (fused_involution_kernel.*), one file per dispatch key.
 
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <involution/involution.h>
 #include <torch/library.h>
-
-#include <string>
 
 namespace involution {
 
@@ -16,21 +14,6 @@ namespace {
 template <typename Fn>
 c10::TypedOperatorHandle<Fn> find_op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Fn>();
-}
-
-void define_fused_family(torch::Library& m, int dims) {
-  const std::string n = std::to_string(dims);
-  const std::string ints = "int[" + n + "]";
-  const std::string arguments =
-      "Tensor input, Tensor reduced, Tensor span_weight, "
-      "Tensor? span_bias, " +
-      ints + " kernel_size, " + ints + " stride, " + ints + " padding, " + ints + " dilation";
-  m.def(("fused_involution" + n + "d(" + arguments + ") -> Tensor").c_str(),
-        {at::Tag::pt2_compliant_tag});
-  m.def(("_fused_involution" + n + "d_backward(Tensor grad_output, " + arguments +
-         ", bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)")
-            .c_str(),
-        {at::Tag::pt2_compliant_tag});
 }
 
 }  // namespace
@@ -80,10 +63,5 @@ FusedGradients fused_involution3d_backward(const at::Tensor& grad_output, const 
 }
 
 }  // namespace detail
-
-TORCH_LIBRARY_FRAGMENT(involution, m) {
-  define_fused_family(m, 2);
-  define_fused_family(m, 3);
-}
 
 }  // namespace involution

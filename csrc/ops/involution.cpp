@@ -1,13 +1,13 @@
-// The involution2d and involution3d op families: their schemas, and the C++ API (cached, typed
+// The op library of the full-libtorch (CMake) build: every op's schema (schemas.h) with
+// torch::Library, and the C++ API of the involution2d and involution3d families (cached, typed
 // dispatcher calls). The kernels live in cpu/, cuda/, meta/, autograd/ and autocast/, one file
 // per dispatch key, each written once as templates over the number of spatial axes.
 
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <involution/involution.h>
 #include <torch/library.h>
 
-#include <involution/involution.h>
-
-#include <string>
+#include "schemas.h"
 
 namespace involution {
 
@@ -17,24 +17,6 @@ namespace {
 template <typename Fn>
 c10::TypedOperatorHandle<Fn> find_op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Fn>();
-}
-
-// The three schemas of the family with `dims` spatial axes.
-void define_family(torch::Library& m, int dims) {
-  const std::string n = std::to_string(dims);
-  const std::string ints = "int[" + n + "]";
-  const std::string geometry =
-      ints + " stride, " + ints + " padding, " + ints + " dilation) -> Tensor";
-  m.def(("involution" + n + "d(Tensor input, Tensor weight, " + geometry).c_str(),
-        {at::Tag::pt2_compliant_tag});
-  m.def(("_involution" + n + "d_backward_input(Tensor grad_output, Tensor weight, SymInt[" + n +
-         "] input_size, " + geometry)
-            .c_str(),
-        {at::Tag::pt2_compliant_tag});
-  m.def(("_involution" + n + "d_backward_weight(Tensor grad_output, Tensor input, " + ints +
-         " kernel_size, int groups, " + geometry)
-            .c_str(),
-        {at::Tag::pt2_compliant_tag});
 }
 
 }  // namespace
@@ -56,16 +38,16 @@ namespace detail {
 at::Tensor involution2d_backward_input(const at::Tensor& grad_output, const at::Tensor& weight,
                                        c10::SymIntArrayRef input_size, at::IntArrayRef stride,
                                        at::IntArrayRef padding, at::IntArrayRef dilation) {
-  static const auto op = find_op<decltype(involution2d_backward_input)>(
-      "involution::_involution2d_backward_input");
+  static const auto op =
+      find_op<decltype(involution2d_backward_input)>("involution::_involution2d_backward_input");
   return op.call(grad_output, weight, input_size, stride, padding, dilation);
 }
 
 at::Tensor involution3d_backward_input(const at::Tensor& grad_output, const at::Tensor& weight,
                                        c10::SymIntArrayRef input_size, at::IntArrayRef stride,
                                        at::IntArrayRef padding, at::IntArrayRef dilation) {
-  static const auto op = find_op<decltype(involution3d_backward_input)>(
-      "involution::_involution3d_backward_input");
+  static const auto op =
+      find_op<decltype(involution3d_backward_input)>("involution::_involution3d_backward_input");
   return op.call(grad_output, weight, input_size, stride, padding, dilation);
 }
 
@@ -73,8 +55,8 @@ at::Tensor involution2d_backward_weight(const at::Tensor& grad_output, const at:
                                         at::IntArrayRef kernel_size, int64_t groups,
                                         at::IntArrayRef stride, at::IntArrayRef padding,
                                         at::IntArrayRef dilation) {
-  static const auto op = find_op<decltype(involution2d_backward_weight)>(
-      "involution::_involution2d_backward_weight");
+  static const auto op =
+      find_op<decltype(involution2d_backward_weight)>("involution::_involution2d_backward_weight");
   return op.call(grad_output, input, kernel_size, groups, stride, padding, dilation);
 }
 
@@ -82,16 +64,17 @@ at::Tensor involution3d_backward_weight(const at::Tensor& grad_output, const at:
                                         at::IntArrayRef kernel_size, int64_t groups,
                                         at::IntArrayRef stride, at::IntArrayRef padding,
                                         at::IntArrayRef dilation) {
-  static const auto op = find_op<decltype(involution3d_backward_weight)>(
-      "involution::_involution3d_backward_weight");
+  static const auto op =
+      find_op<decltype(involution3d_backward_weight)>("involution::_involution3d_backward_weight");
   return op.call(grad_output, input, kernel_size, groups, stride, padding, dilation);
 }
 
 }  // namespace detail
 
 TORCH_LIBRARY(involution, m) {
-  define_family(m, 2);
-  define_family(m, 3);
+  for (const auto& schema : detail::all_op_schemas()) {
+    m.def(schema.c_str(), {at::Tag::pt2_compliant_tag});
+  }
 }
 
 }  // namespace involution

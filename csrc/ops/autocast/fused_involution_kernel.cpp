@@ -5,7 +5,7 @@
 #include <ATen/autocast_mode.h>
 #include <torch/library.h>
 
-#include "../checks.h"
+#include "../aten_info.h"
 #include "../op_family.h"
 
 namespace involution {

@@ -17,7 +17,7 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
-#include "../checks.h"
+#include "../aten_info.h"
 #include "../op_family.h"
 
 namespace involution {
@@ -127,9 +127,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_backward_autogr
                                stride, padding, dilation, mask);
   }
   // Checked here too: the composite's own errors would not name this op's arguments.
-  const auto sizes =
-      detail::check_fused_backward(op, Dims, grad_output, input, reduced, span_weight, span_bias,
-                                   kernel_size, {stride, padding, dilation});
+  const auto sizes = detail::check_fused_backward(
+      op, Dims, detail::info(grad_output), detail::info(input), detail::info(reduced),
+      detail::info(span_weight), detail::info(span_bias), kernel_size, {stride, padding, dilation});
   const at::Tensor kernel_flat =
       Dims == 2 ? at::conv2d(reduced, span_weight, bias) : at::conv3d(reduced, span_weight, bias);
   std::vector<c10::SymInt> kernel_shape = {reduced.sym_size(0), sizes.groups};

@@ -15,7 +15,7 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
-#include "../checks.h"
+#include "../aten_info.h"
 #include "../op_family.h"
 
 namespace involution {

@@ -9,8 +9,8 @@
 // deterministic and independent of the thread count. Speed is not their concern: every
 // multiply-add is scalar.
 
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
+#include <torch/headeronly/util/BFloat16.h>
+#include <torch/headeronly/util/Half.h>
 
 #include <algorithm>
 #include <cstdint>

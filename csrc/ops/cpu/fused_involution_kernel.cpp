@@ -20,15 +20,13 @@
 // Memory: one slab of W (or dW) per thread, taps * O... elements, and the partial sums, at most
 // a few times the input's size for any geometry.
 
-#include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
-#include <torch/library.h>
+#include <torch/csrc/stable/library.h>
 
 #include <vector>
 
-#include "../checks.h"
 #include "../dtypes.h"
-#include "../op_family.h"
+#include "../op_names.h"
+#include "../stable_tensor.h"
 #include "scheduling.h"
 
 namespace involution {
@@ -36,7 +34,8 @@ namespace cpu {
 
 namespace {
 
-using detail::OpFamily;
+template <int64_t Dims>
+using OpFamily = detail::OpNames<Dims>;
 
 // A fused problem: the involution geometry, the span conv's sizes, and the slab problem the row
 // kernels run on (one sample, one group of C/G channels).
@@ -86,7 +85,7 @@ void for_each_slab(const Fused& f, const F& fn) {
     return;
   }
   std::vector<scalar_t> W(buffer);
-  const int64_t inner = at::in_parallel_region() ? 1 : at::get_num_threads();
+  const int64_t inner = num_threads();
   for (int64_t s = 0; s < slabs; ++s) fn(s, W.data(), inner);
 }
 
@@ -107,7 +106,7 @@ void generate(const Fused& f, const Kernels<scalar_t>& k, const acc_type<scalar_
   if (threads <= 1 || blocks < 2) {
     columns(0, blocks);
   } else {
-    at::parallel_for(0, blocks, 1, columns);
+    parallel_for(0, blocks, 1, columns);
   }
 }
 
@@ -252,21 +251,29 @@ void fused_backward_span(const Fused& f, const scalar_t* gy, const scalar_t* x, 
   if (gb) add_units(gb_units, G * T, gb);
 }
 
-at::MemoryFormat layout_of(const at::Tensor& t) { return t.suggest_memory_format(); }
-
-// Whether t is densely channels-last (channels_last, channels_last_3d).
-bool is_channels_last(const at::Tensor& t) {
-  const at::MemoryFormat layout = layout_of(t);
-  return layout != at::MemoryFormat::Contiguous && t.is_contiguous(layout);
-}
+using detail::acc_dtype;
+using detail::allocate;
+using detail::allocate_zeros;
+using detail::dense;
+using detail::empty_like_layout;
+using detail::info;
+using detail::is_channels_last;
+using detail::is_contiguous_in;
+using detail::layout_of;
+using detail::MemoryFormat;
+using detail::Tensor;
+using detail::to_dtype;
+using IntList = torch::headeronly::IntHeaderOnlyArrayRef;
 
 // The span weight (G*T, R, 1...) as the channels-last kernels read it: per group (R, ldw), the
 // (T, R) block transposed, columns past T zero.
-at::Tensor transposed_span_weight(const at::Tensor& span_weight, int64_t groups, int64_t ldw,
-                                  at::ScalarType acc) {
+Tensor transposed_span_weight(const Tensor& span_weight, int64_t groups, int64_t ldw,
+                              c10::ScalarType acc) {
   const int64_t T = span_weight.size(0) / groups, R = span_weight.size(1);
-  at::Tensor St = at::zeros({groups, R, ldw}, span_weight.options().dtype(acc));
-  St.narrow(2, 0, T).copy_(span_weight.reshape({groups, T, R}).transpose(1, 2));
+  Tensor St = allocate_zeros({groups, R, ldw}, acc, span_weight);
+  Tensor columns = torch::stable::narrow(St, 2, 0, T);
+  torch::stable::copy_(
+      columns, torch::stable::transpose(torch::stable::reshape(span_weight, {groups, T, R}), 1, 2));
   return St;
 }
 
@@ -284,20 +291,17 @@ void fused_forward_channels_last(const Fused& f, const scalar_t* x, const scalar
   });
 }
 
-// A result allocated in the layout of `like` (contiguous or channels_last).
-at::Tensor empty_like_layout(at::IntArrayRef sizes, const at::Tensor& like) {
-  return at::empty(sizes, like.options().memory_format(layout_of(like)));
-}
-
-at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-
 // The span weight (G*T, R, 1...) as (G*T, ldr) rows zero-padded past R.
-at::Tensor padded_span_weight(const at::Tensor& span_weight, int64_t ldr, at::ScalarType acc) {
+Tensor padded_span_weight(const Tensor& span_weight, int64_t ldr, c10::ScalarType acc) {
   const int64_t rows = span_weight.size(0), R = span_weight.size(1);
-  at::Tensor Sp = at::zeros({rows, ldr}, span_weight.options().dtype(acc));
-  Sp.narrow(1, 0, R).copy_(span_weight.reshape({rows, R}));
+  Tensor Sp = allocate_zeros({rows, ldr}, acc, span_weight);
+  Tensor columns = torch::stable::narrow(Sp, 1, 0, R);
+  torch::stable::copy_(columns, torch::stable::reshape(span_weight, {rows, R}));
   return Sp;
 }
+
+// The (acc-typed, contiguous) span weight and bias of the contiguous kernels.
+Tensor acc_contiguous(const Tensor& t, c10::ScalarType acc) { return dense(to_dtype(t, acc)); }
 
 template <typename scalar_t>
 void fused_backward_input_channels_last(const Fused& f, const scalar_t* gy, const scalar_t* z,
@@ -344,29 +348,27 @@ void fused_backward_span_channels_last(const Fused& f, const scalar_t* gy, const
 }
 
 template <int64_t Dims>
-at::Tensor fused_forward_cpu(const at::Tensor& input, const at::Tensor& reduced,
-                             const at::Tensor& span_weight,
-                             const std::optional<at::Tensor>& span_bias,
-                             at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                             at::IntArrayRef padding, at::IntArrayRef dilation) {
+Tensor fused_forward_cpu(Tensor input, Tensor reduced, Tensor span_weight,
+                         std::optional<Tensor> span_bias, IntList kernel_size, IntList stride,
+                         IntList padding, IntList dilation) {
   const detail::Window window{stride, padding, dilation};
-  const auto sizes = detail::check_fused_forward(OpFamily<Dims>::fused_name, Dims, input, reduced,
-                                                 span_weight, span_bias, kernel_size, window);
-  const auto out_sizes = C10_AS_INTARRAYREF_SLOW(sizes.output);
-  at::Tensor out = empty_like_layout(out_sizes, input);
+  const auto sizes =
+      detail::check_fused_forward(OpFamily<Dims>::fused_name, Dims, info(input), info(reduced),
+                                  info(span_weight), info(span_bias), kernel_size, window);
+  const IntList out_sizes = sizes.output;
+  Tensor out = empty_like_layout(out_sizes, input);
   if (out.numel() == 0) return out;
   const bool has_bias = span_bias.has_value() && span_bias->defined();
   const auto acc = acc_dtype(input.scalar_type());
-  const at::Tensor bias = has_bias ? span_bias->to(acc).contiguous() : at::Tensor();
+  const Tensor bias = has_bias ? acc_contiguous(*span_bias, acc) : Tensor();
   if (is_channels_last(input)) {
     // Read and written in place: z in the same layout, the output is channels-last too.
-    const at::Tensor z = reduced.contiguous(layout_of(input));
+    const Tensor z = dense(reduced, layout_of(input));
     const Fused f(detail::make_fused_geometry(Dims, input.sizes(), out_sizes, kernel_size,
-                                              sizes.groups.expect_int(), window),
+                                              sizes.groups, window),
                   z.size(1));
     const int64_t ldw = ceil_div(f.taps, kSpanPad) * kSpanPad;
-    const at::Tensor St = transposed_span_weight(span_weight, f.g.groups, ldw, acc);
-    TORCH_INTERNAL_ASSERT(out.is_contiguous(layout_of(input)));
+    const Tensor St = transposed_span_weight(span_weight, f.g.groups, ldw, acc);
     INVOLUTION_DISPATCH_SUPPORTED_TYPES(input.scalar_type(), "fused_involution_cpu", [&] {
       using acc_t = acc_type<scalar_t>;
       fused_forward_channels_last<scalar_t>(
@@ -376,71 +378,71 @@ at::Tensor fused_forward_cpu(const at::Tensor& input, const at::Tensor& reduced,
     });
     return out;
   }
-  const at::Tensor x = input.contiguous(), z = reduced.contiguous();
-  const at::Tensor S = span_weight.to(acc).contiguous();
-  at::Tensor y = out.is_contiguous() ? out : at::empty(out_sizes, input.options());
-  const Fused f(detail::make_fused_geometry(Dims, x.sizes(), out_sizes, kernel_size,
-                                            sizes.groups.expect_int(), window),
-                z.size(1));
+  const Tensor x = dense(input), z = dense(reduced);
+  const Tensor S = acc_contiguous(span_weight, acc);
+  const bool direct = out.is_contiguous();
+  Tensor y = direct ? out : allocate(out_sizes, input.scalar_type(), input);
+  const Fused f(
+      detail::make_fused_geometry(Dims, x.sizes(), out_sizes, kernel_size, sizes.groups, window),
+      z.size(1));
   INVOLUTION_DISPATCH_SUPPORTED_TYPES(x.scalar_type(), "fused_involution_cpu", [&] {
     using acc_t = acc_type<scalar_t>;
     fused_forward<scalar_t>(
         f, x.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), S.const_data_ptr<acc_t>(),
         has_bias ? bias.const_data_ptr<acc_t>() : nullptr, y.mutable_data_ptr<scalar_t>());
   });
-  if (!y.is_same(out)) out.copy_(y);
+  if (!direct) torch::stable::copy_(out, y);
   return out;
 }
 
 template <int64_t Dims>
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_backward_cpu(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& reduced,
-    const at::Tensor& span_weight, const std::optional<at::Tensor>& span_bias,
-    at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
-    at::IntArrayRef dilation, std::array<bool, 4> mask) {
+std::tuple<Tensor, Tensor, Tensor, Tensor> fused_backward_cpu(Tensor grad_output, Tensor input,
+                                                              Tensor reduced, Tensor span_weight,
+                                                              std::optional<Tensor> span_bias,
+                                                              IntList kernel_size, IntList stride,
+                                                              IntList padding, IntList dilation,
+                                                              std::vector<bool> output_mask) {
   const detail::Window window{stride, padding, dilation};
-  const auto sizes =
-      detail::check_fused_backward(OpFamily<Dims>::fused_backward_name, Dims, grad_output, input,
-                                   reduced, span_weight, span_bias, kernel_size, window);
+  const auto sizes = detail::check_fused_backward(
+      OpFamily<Dims>::fused_backward_name, Dims, info(grad_output), info(input), info(reduced),
+      info(span_weight), info(span_bias), kernel_size, window);
+  const std::array<bool, 4> mask = detail::output_mask(output_mask);
   const bool has_bias = span_bias.has_value() && span_bias->defined();
-  const auto options = input.options();
-  const auto acc = acc_dtype(input.scalar_type());
-  at::Tensor gx = mask[0] ? empty_like_layout(input.sizes(), input) : at::empty({0}, options);
-  at::Tensor gz = mask[1] ? empty_like_layout(reduced.sizes(), reduced) : at::empty({0}, options);
-  at::Tensor gS =
-      mask[2] ? at::zeros(span_weight.sizes(), options.dtype(acc)) : at::empty({0}, options);
-  at::Tensor gb = mask[3] && has_bias ? at::zeros({span_weight.size(0)}, options.dtype(acc))
-                                      : at::empty({0}, options);
+  const auto dtype = input.scalar_type();
+  const auto acc = acc_dtype(dtype);
+  const auto none = [&] { return allocate({0}, dtype, input); };
+  Tensor gx = mask[0] ? empty_like_layout(input.sizes(), input) : none();
+  Tensor gz = mask[1] ? empty_like_layout(reduced.sizes(), reduced) : none();
+  Tensor gS = mask[2] ? allocate_zeros(span_weight.sizes(), acc, input) : none();
+  Tensor gb = mask[3] && has_bias ? allocate_zeros({span_weight.size(0)}, acc, input) : none();
   const bool span_side = mask[1] || mask[2] || (mask[3] && has_bias);
   if (grad_output.numel() == 0 || input.numel() == 0) {
     // No output element or no input channel contributes: every gradient is zero.
-    if (mask[0]) gx.zero_();
-    if (mask[1]) gz.zero_();
+    if (mask[0]) torch::stable::zero_(gx);
+    if (mask[1]) torch::stable::zero_(gz);
   } else if (is_channels_last(input)) {
     // Read and written in place, in the input's layout (grad_output and reduced brought to it).
-    const at::MemoryFormat layout = layout_of(input);
-    const at::Tensor gy = grad_output.contiguous(layout), z = reduced.contiguous(layout);
+    const MemoryFormat layout = layout_of(input);
+    const Tensor gy = dense(grad_output, layout), z = dense(reduced, layout);
     const Fused f(detail::make_fused_geometry(Dims, input.sizes(), gy.sizes(), kernel_size,
-                                              sizes.groups.expect_int(), window),
+                                              sizes.groups, window),
                   z.size(1));
     const int64_t ldw = ceil_div(f.taps, kSpanPad) * kSpanPad;
     const int64_t ldr = ceil_div(f.reduced, kSpanPad) * kSpanPad;
-    at::Tensor gz_c = !mask[1] || gz.is_contiguous(layout)
-                          ? gz
-                          : at::empty(z.sizes(), z.options().memory_format(layout));
-    TORCH_INTERNAL_ASSERT(!mask[0] || gx.is_contiguous(layout));
+    const bool gz_direct = !mask[1] || is_contiguous_in(gz, layout);
+    Tensor gz_c = gz_direct ? gz : allocate(z.sizes(), dtype, z, layout);
     INVOLUTION_DISPATCH_SUPPORTED_TYPES(input.scalar_type(), "fused_involution_backward_cpu", [&] {
       using acc_t = acc_type<scalar_t>;
       if (mask[0]) {
-        const at::Tensor St = transposed_span_weight(span_weight, f.g.groups, ldw, acc);
-        const at::Tensor bias = has_bias ? span_bias->to(acc).contiguous() : at::Tensor();
+        const Tensor St = transposed_span_weight(span_weight, f.g.groups, ldw, acc);
+        const Tensor bias = has_bias ? acc_contiguous(*span_bias, acc) : Tensor();
         fused_backward_input_channels_last<scalar_t>(
             f, gy.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(),
             St.const_data_ptr<acc_t>(), ldw, has_bias ? bias.const_data_ptr<acc_t>() : nullptr,
             gx.mutable_data_ptr<scalar_t>());
       }
       if (span_side) {
-        const at::Tensor Sp = padded_span_weight(span_weight, ldr, acc);
+        const Tensor Sp = padded_span_weight(span_weight, ldr, acc);
         fused_backward_span_channels_last<scalar_t>(
             f, gy.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
             z.const_data_ptr<scalar_t>(), Sp.const_data_ptr<acc_t>(), ldr,
@@ -449,17 +451,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_backward_cpu(
             mask[3] && has_bias ? gb.mutable_data_ptr<acc_t>() : nullptr);
       }
     });
-    if (mask[1] && !gz_c.is_same(gz)) gz.copy_(gz_c);
+    if (!gz_direct) torch::stable::copy_(gz, gz_c);
   } else {
-    const at::Tensor gy = grad_output.contiguous(), x = input.contiguous(),
-                     z = reduced.contiguous();
-    const at::Tensor S = span_weight.to(acc).contiguous();
-    const at::Tensor bias = has_bias ? span_bias->to(acc).contiguous() : at::Tensor();
-    const Fused f(detail::make_fused_geometry(Dims, x.sizes(), gy.sizes(), kernel_size,
-                                              sizes.groups.expect_int(), window),
-                  z.size(1));
-    at::Tensor gx_c = !mask[0] || gx.is_contiguous() ? gx : at::empty(input.sizes(), options);
-    at::Tensor gz_c = !mask[1] || gz.is_contiguous() ? gz : at::empty(reduced.sizes(), options);
+    const Tensor gy = dense(grad_output), x = dense(input), z = dense(reduced);
+    const Tensor S = acc_contiguous(span_weight, acc);
+    const Tensor bias = has_bias ? acc_contiguous(*span_bias, acc) : Tensor();
+    const Fused f(
+        detail::make_fused_geometry(Dims, x.sizes(), gy.sizes(), kernel_size, sizes.groups, window),
+        z.size(1));
+    const bool gx_direct = !mask[0] || gx.is_contiguous();
+    const bool gz_direct = !mask[1] || gz.is_contiguous();
+    Tensor gx_c = gx_direct ? gx : allocate(input.sizes(), dtype, input);
+    Tensor gz_c = gz_direct ? gz : allocate(reduced.sizes(), dtype, input);
     INVOLUTION_DISPATCH_SUPPORTED_TYPES(x.scalar_type(), "fused_involution_backward_cpu", [&] {
       using acc_t = acc_type<scalar_t>;
       if (mask[0]) {
@@ -477,22 +480,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_backward_cpu(
                                       mask[3] && has_bias ? gb.mutable_data_ptr<acc_t>() : nullptr);
       }
     });
-    if (mask[0] && !gx_c.is_same(gx)) gx.copy_(gx_c);
-    if (mask[1] && !gz_c.is_same(gz)) gz.copy_(gz_c);
+    if (!gx_direct) torch::stable::copy_(gx, gx_c);
+    if (!gz_direct) torch::stable::copy_(gz, gz_c);
   }
-  if (mask[2]) gS = gS.to(input.scalar_type());
-  if (mask[3] && has_bias) gb = gb.to(input.scalar_type());
+  if (mask[2]) gS = to_dtype(gS, dtype);
+  if (mask[3] && has_bias) gb = to_dtype(gb, dtype);
   return {gx, gz, gS, gb};
 }
 
 }  // namespace
 }  // namespace cpu
 
-TORCH_LIBRARY_IMPL(involution, CPU, m) {
-  m.impl("fused_involution2d", TORCH_FN(cpu::fused_forward_cpu<2>));
-  m.impl("_fused_involution2d_backward", TORCH_FN(cpu::fused_backward_cpu<2>));
-  m.impl("fused_involution3d", TORCH_FN(cpu::fused_forward_cpu<3>));
-  m.impl("_fused_involution3d_backward", TORCH_FN(cpu::fused_backward_cpu<3>));
+STABLE_TORCH_LIBRARY_IMPL(involution, CPU, m) {
+  m.impl("fused_involution2d", TORCH_BOX(&cpu::fused_forward_cpu<2>));
+  m.impl("_fused_involution2d_backward", TORCH_BOX(&cpu::fused_backward_cpu<2>));
+  m.impl("fused_involution3d", TORCH_BOX(&cpu::fused_forward_cpu<3>));
+  m.impl("_fused_involution3d_backward", TORCH_BOX(&cpu::fused_backward_cpu<3>));
 }
 
 }  // namespace involution

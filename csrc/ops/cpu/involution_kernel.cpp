@@ -2,10 +2,12 @@
 // shared checks and preparation (prepare.h), then the row kernels of row_kernels.h, of the best
 // instruction set the machine allows (kernel_table.h), run in parallel over tasks of rows.
 
-#include <torch/library.h>
+#include <torch/csrc/stable/library.h>
+
+#include <string>
 
 #include "../dtypes.h"
-#include "../op_family.h"
+#include "../op_names.h"
 #include "../prepare.h"
 #include "scheduling.h"
 
@@ -14,8 +16,11 @@ namespace cpu {
 
 namespace {
 
-void run(const Geometry& g, int64_t tasks, int64_t row_width, const at::Tensor& a,
-         const at::Tensor& b, const at::Tensor& out, Pass pass) {
+using detail::Tensor;
+using IntList = torch::headeronly::IntHeaderOnlyArrayRef;
+
+void run(const Geometry& g, int64_t tasks, int64_t row_width, const Tensor& a, const Tensor& b,
+         const Tensor& out, Pass pass) {
   const int64_t grain = task_grain(g, row_width);
   const int64_t threads = useful_threads(tasks, grain);
   INVOLUTION_DISPATCH_SUPPORTED_TYPES(a.scalar_type(), "involution_cpu", [&] {
@@ -28,11 +33,11 @@ void run(const Geometry& g, int64_t tasks, int64_t row_width, const at::Tensor& 
   });
 }
 
-using detail::OpFamily;
+template <int64_t Dims>
+using OpFamily = detail::OpNames<Dims>;
 
 template <int64_t Dims>
-at::Tensor forward_cpu(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
-                       at::IntArrayRef padding, at::IntArrayRef dilation) {
+Tensor forward_cpu(Tensor input, Tensor weight, IntList stride, IntList padding, IntList dilation) {
   const auto p = detail::prepare_forward(OpFamily<Dims>::name, Dims, input, weight,
                                          {stride, padding, dilation});
   if (p.work) {
@@ -42,9 +47,8 @@ at::Tensor forward_cpu(const at::Tensor& input, const at::Tensor& weight, at::In
 }
 
 template <int64_t Dims>
-at::Tensor backward_input_cpu(const at::Tensor& grad_output, const at::Tensor& weight,
-                              c10::SymIntArrayRef input_size, at::IntArrayRef stride,
-                              at::IntArrayRef padding, at::IntArrayRef dilation) {
+Tensor backward_input_cpu(Tensor grad_output, Tensor weight, IntList input_size, IntList stride,
+                          IntList padding, IntList dilation) {
   const auto p =
       detail::prepare_backward_input(OpFamily<Dims>::backward_input_name, Dims, grad_output, weight,
                                      input_size, {stride, padding, dilation});
@@ -55,9 +59,8 @@ at::Tensor backward_input_cpu(const at::Tensor& grad_output, const at::Tensor& w
 }
 
 template <int64_t Dims>
-at::Tensor backward_weight_cpu(const at::Tensor& grad_output, const at::Tensor& input,
-                               at::IntArrayRef kernel_size, int64_t groups, at::IntArrayRef stride,
-                               at::IntArrayRef padding, at::IntArrayRef dilation) {
+Tensor backward_weight_cpu(Tensor grad_output, Tensor input, IntList kernel_size, int64_t groups,
+                           IntList stride, IntList padding, IntList dilation) {
   const auto p =
       detail::prepare_backward_weight(OpFamily<Dims>::backward_weight_name, Dims, grad_output,
                                       input, kernel_size, groups, {stride, padding, dilation});
@@ -67,16 +70,22 @@ at::Tensor backward_weight_cpu(const at::Tensor& grad_output, const at::Tensor& 
   return p.out;
 }
 
+std::string cpu_capability() { return kernels_capability(); }
+
 }  // namespace
 }  // namespace cpu
 
-TORCH_LIBRARY_IMPL(involution, CPU, m) {
-  m.impl("involution2d", TORCH_FN(cpu::forward_cpu<2>));
-  m.impl("_involution2d_backward_input", TORCH_FN(cpu::backward_input_cpu<2>));
-  m.impl("_involution2d_backward_weight", TORCH_FN(cpu::backward_weight_cpu<2>));
-  m.impl("involution3d", TORCH_FN(cpu::forward_cpu<3>));
-  m.impl("_involution3d_backward_input", TORCH_FN(cpu::backward_input_cpu<3>));
-  m.impl("_involution3d_backward_weight", TORCH_FN(cpu::backward_weight_cpu<3>));
+STABLE_TORCH_LIBRARY_IMPL(involution, CPU, m) {
+  m.impl("involution2d", TORCH_BOX(&cpu::forward_cpu<2>));
+  m.impl("_involution2d_backward_input", TORCH_BOX(&cpu::backward_input_cpu<2>));
+  m.impl("_involution2d_backward_weight", TORCH_BOX(&cpu::backward_weight_cpu<2>));
+  m.impl("involution3d", TORCH_BOX(&cpu::forward_cpu<3>));
+  m.impl("_involution3d_backward_input", TORCH_BOX(&cpu::backward_input_cpu<3>));
+  m.impl("_involution3d_backward_weight", TORCH_BOX(&cpu::backward_weight_cpu<3>));
+}
+
+STABLE_TORCH_LIBRARY_IMPL(involution, CompositeExplicitAutograd, m) {
+  m.impl("_cpu_capability", TORCH_BOX(&cpu::cpu_capability));
 }
 
 }  // namespace involution

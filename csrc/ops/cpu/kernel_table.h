@@ -6,8 +6,8 @@
 // machine supports (ATen's CPU capability, so ATEN_CPU_CAPABILITY=default|avx2|avx512 applies).
 // Every header the kernels need is included here, before any target region begins.
 
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
+#include <torch/headeronly/util/BFloat16.h>
+#include <torch/headeronly/util/Half.h>
 
 #include <algorithm>
 #include <cmath>

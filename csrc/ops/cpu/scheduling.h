@@ -2,14 +2,15 @@
 // How the CPU kernels are chosen and scheduled, shared by the involution ops
 // (involution_kernel.cpp) and the fused ops (fused_involution_kernel.cpp): the instruction set's
 // kernel table, the direct kernels for geometries whose staging buffers would be large, and the
-// guided self-scheduling of tasks over ATen's threads.
+// guided self-scheduling of tasks over torch's intra-op threads (torch::stable::parallel_for).
 
-#include <ATen/Parallel.h>
-#include <ATen/Version.h>
+#include <torch/csrc/stable/ops.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <cmath>
+#include <cstdlib>
 #include <string>
 
 #include "direct_kernels.h"
@@ -18,27 +19,48 @@
 namespace involution {
 namespace cpu {
 
-// The kernels of the best instruction set that both the machine and ATen's CPU capability
-// (which ATEN_CPU_CAPABILITY=default|avx2|avx512 can lower) allow.
-inline const KernelTable& kernels() {
-  static const KernelTable* table = [] {
-    const KernelTable* t = nullptr;
+// The instruction set ATEN_CPU_CAPABILITY asks for ("default", "avx2", "avx512"; any case), as
+// torch reads it for its own kernels, or "" when it is unset or names none of these.
+inline std::string requested_capability() {
+  const char* env = std::getenv("ATEN_CPU_CAPABILITY");
+  std::string value = env != nullptr ? env : "";
+  for (char& c : value) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return value == "default" || value == "avx2" || value == "avx512" ? value : "";
+}
+
+// The kernels of the best instruction set that the machine (cpuid) and ATEN_CPU_CAPABILITY,
+// which can lower it as it lowers torch's own kernels, allow, and that instruction set's name
+// ("default", "avx2" or "avx512"). A table's getter runs code compiled for its instruction
+// set: it is called only once the machine is known to have it.
+struct ChosenKernels {
+  const KernelTable* table;
+  const char* capability;
+};
+
+inline const ChosenKernels& chosen_kernels() {
+  static const ChosenKernels chosen = [] {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-    const std::string capability = at::get_cpu_capability();
-    if (capability == "AVX512" && __builtin_cpu_supports("avx512f") &&
-        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-        __builtin_cpu_supports("avx512dq")) {
-      t = kernel_table_avx512();
+    __builtin_cpu_init();
+    const std::string requested = requested_capability();
+    const bool allow_avx512 = requested.empty() || requested == "avx512";
+    const bool allow_avx2 = allow_avx512 || requested == "avx2";
+    if (allow_avx512 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
+      if (const KernelTable* t = kernel_table_avx512()) return ChosenKernels{t, "avx512"};
     }
-    if (t == nullptr && (capability == "AVX512" || capability == "AVX2") &&
-        __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-      t = kernel_table_avx2();
+    if (allow_avx2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+      if (const KernelTable* t = kernel_table_avx2()) return ChosenKernels{t, "avx2"};
     }
 #endif
-    return t != nullptr ? t : kernel_table_default();
+    return ChosenKernels{kernel_table_default(), "default"};
   }();
-  return *table;
+  return chosen;
 }
+
+inline const KernelTable& kernels() { return *chosen_kernels().table; }
+
+// What torch.ops.involution._cpu_capability() reports, for tests and bug reports.
+inline const char* kernels_capability() { return chosen_kernels().capability; }
 
 // Scheduling (run_guided below): a task of an involution kernel costs about
 // kRowsPerTask * C/G * taps * row_width multiply-adds.
@@ -110,10 +132,34 @@ inline int64_t task_grain(const Geometry& g, int64_t row_width) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, task_work));
 }
 
+// Whether the calling thread runs inside one of our parallel regions (parallel_for below); a
+// nested region runs on the calling thread alone.
+inline bool& in_parallel_region() {
+  thread_local bool inside = false;
+  return inside;
+}
+
+// Threads of torch's intra-op pool, read once per call (a boxed call through the stable ABI).
+inline int64_t num_threads() {
+  return in_parallel_region() ? 1 : static_cast<int64_t>(torch::stable::get_num_threads());
+}
+
+// Runs fn(begin, end) over [begin, end) on torch's intra-op threads, as at::parallel_for does,
+// marking the threads as inside a parallel region while they run it.
+template <typename F>
+void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& fn) {
+  torch::stable::parallel_for(begin, end, grain, [&](int64_t b, int64_t e) {
+    bool& inside = in_parallel_region();
+    const bool was_inside = inside;
+    inside = true;
+    fn(b, e);
+    inside = was_inside;
+  });
+}
+
 // Threads worth using for `tasks` tasks grabbed `grain` at a time (1 inside a parallel region).
 inline int64_t useful_threads(int64_t tasks, int64_t grain) {
-  return std::min<int64_t>(at::in_parallel_region() ? 1 : at::get_num_threads(),
-                           ceil_div(tasks, grain));
+  return std::min<int64_t>(num_threads(), ceil_div(tasks, grain));
 }
 
 // Runs fn(begin, end) over tasks [0, tasks) on `threads` threads, guided self-scheduling (see
@@ -125,7 +171,7 @@ void run_guided(int64_t threads, int64_t tasks, int64_t grain, const F& fn) {
     return;
   }
   std::atomic<int64_t> next{0};
-  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+  parallel_for(0, threads, 1, [&](int64_t, int64_t) {
     int64_t begin = next.load(std::memory_order_relaxed);
     while (begin < tasks) {
       const int64_t left = tasks - begin;

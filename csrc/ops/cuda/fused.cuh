@@ -8,8 +8,8 @@
 //
 // Layouts (contiguous, row-major; a 2-D problem is a 3-D one with depth 1): x, grad_input
 // (B, C, I...), y, grad_output (B, C, O...), z, grad_reduced (B, R, O...), S (G*T, R) and bias
-// (G*T) already in the accumulation type Acc (at::opmath_type; the launch converts them once),
-// grad_span_weight and grad_span_bias in the storage type, converted from Acc sums.
+// (G*T) already in the accumulation type Acc (float for the 16-bit types; the launch converts them
+// once), grad_span_weight and grad_span_bias in the storage type, converted from Acc sums.
 //
 // Why this shape:
 //   * Forward (fused_forward): a block owns kFusedTile = kThreads consecutive output pixels of

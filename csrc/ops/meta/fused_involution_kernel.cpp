@@ -5,7 +5,7 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#include "../checks.h"
+#include "../aten_info.h"
 #include "../op_family.h"
 
 namespace involution {
@@ -25,9 +25,9 @@ at::Tensor fused_forward_meta(const at::Tensor& input, const at::Tensor& reduced
                               const std::optional<at::Tensor>& span_bias,
                               at::IntArrayRef kernel_size, at::IntArrayRef stride,
                               at::IntArrayRef padding, at::IntArrayRef dilation) {
-  const auto sizes =
-      detail::check_fused_forward(OpFamily<Dims>::fused_name, Dims, input, reduced, span_weight,
-                                  span_bias, kernel_size, {stride, padding, dilation});
+  const auto sizes = detail::check_fused_forward(
+      OpFamily<Dims>::fused_name, Dims, detail::info(input), detail::info(reduced),
+      detail::info(span_weight), detail::info(span_bias), kernel_size, {stride, padding, dilation});
   return empty_like_layout(sizes.output, input);
 }
 
@@ -37,8 +37,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_backward_meta(
     const at::Tensor& span_weight, const std::optional<at::Tensor>& span_bias,
     at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
     at::IntArrayRef dilation, std::array<bool, 4> mask) {
-  detail::check_fused_backward(OpFamily<Dims>::fused_backward_name, Dims, grad_output, input,
-                               reduced, span_weight, span_bias, kernel_size,
+  detail::check_fused_backward(OpFamily<Dims>::fused_backward_name, Dims, detail::info(grad_output),
+                               detail::info(input), detail::info(reduced),
+                               detail::info(span_weight), detail::info(span_bias), kernel_size,
                                {stride, padding, dilation});
   const bool has_bias = span_bias.has_value() && span_bias->defined();
   const auto none = [&] { return at::empty({0}, input.options()); };

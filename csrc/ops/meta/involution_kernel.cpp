@@ -5,7 +5,7 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#include "../checks.h"
+#include "../aten_info.h"
 #include "../op_family.h"
 
 namespace involution {
@@ -16,8 +16,8 @@ using detail::OpFamily;
 template <int64_t Dims>
 at::Tensor forward_meta(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
                         at::IntArrayRef padding, at::IntArrayRef dilation) {
-  const auto sizes =
-      detail::check_forward(OpFamily<Dims>::name, Dims, input, weight, {stride, padding, dilation});
+  const auto sizes = detail::check_forward(OpFamily<Dims>::name, Dims, detail::info(input),
+                                           detail::info(weight), {stride, padding, dilation});
   return at::empty_symint(sizes, input.options());
 }
 
@@ -25,9 +25,9 @@ template <int64_t Dims>
 at::Tensor backward_input_meta(const at::Tensor& grad_output, const at::Tensor& weight,
                                c10::SymIntArrayRef input_size, at::IntArrayRef stride,
                                at::IntArrayRef padding, at::IntArrayRef dilation) {
-  const auto sizes =
-      detail::check_backward_input(OpFamily<Dims>::backward_input_name, Dims, grad_output, weight,
-                                   input_size, {stride, padding, dilation});
+  const auto sizes = detail::check_backward_input(OpFamily<Dims>::backward_input_name, Dims,
+                                                  detail::info(grad_output), detail::info(weight),
+                                                  input_size, {stride, padding, dilation});
   return at::empty_symint(sizes, grad_output.options());
 }
 
@@ -35,9 +35,9 @@ template <int64_t Dims>
 at::Tensor backward_weight_meta(const at::Tensor& grad_output, const at::Tensor& input,
                                 at::IntArrayRef kernel_size, int64_t groups, at::IntArrayRef stride,
                                 at::IntArrayRef padding, at::IntArrayRef dilation) {
-  const auto sizes =
-      detail::check_backward_weight(OpFamily<Dims>::backward_weight_name, Dims, grad_output, input,
-                                    kernel_size, groups, {stride, padding, dilation});
+  const auto sizes = detail::check_backward_weight(
+      OpFamily<Dims>::backward_weight_name, Dims, detail::info(grad_output), detail::info(input),
+      kernel_size, groups, {stride, padding, dilation});
   return at::empty_symint(sizes, grad_output.options());
 }
 
