@@ -125,8 +125,9 @@ wheel-matrix: dist
 
 # The CUDA kernels, compiled and linked against the CUDA build of torch on a machine without a
 # GPU (CI does this on every run): a copy of the sources is built into a wheel with FORCE_CUDA=1,
-# the wheel is installed into a venv with that torch, the CUDA kernels must be registered for
-# every op, and the test suite runs there (CUDA tests skip without a GPU).
+# the CUDA wheel of `make dist` made of it is installed into a venv with that torch, the CUDA
+# kernels must be registered for every op, and the test suite runs there (CUDA tests skip
+# without a GPU): the full suite on an installed wheel.
 CUDA_TORCH_VERSION ?= 2.14.1
 CUDA_HOME ?= /usr/local/cuda
 CUDA_ARCHS ?= 8.0;9.0
@@ -161,8 +162,9 @@ build/cuda-dist/.built: $(CUDA_VENV)/.deps $(PACKAGE_SOURCES)
 		../cuda-venv/bin/python -m pip wheel --quiet --no-build-isolation --no-deps -w ../cuda-dist .
 	touch $@
 
-cuda-build: cuda-wheel
-	$(CUDA_VENV)/bin/python -m pip install --quiet --force-reinstall --no-deps build/cuda-dist/*.whl
+cuda-build: dist
+	$(CUDA_VENV)/bin/python -m pip install --quiet --force-reinstall --no-deps \
+		$$(ls dist/involution-*+cu*-cp39-abi3-manylinux*.whl)
 	cd /tmp && TORCH_CUDA_ARCH_LIST="$(CUDA_ARCHS)" $(CURDIR)/$(CUDA_VENV)/bin/python -P \
 		$(CURDIR)/tests/cuda_build_check.py
 	cd /tmp && $(CURDIR)/$(CUDA_VENV)/bin/pytest -q -p no:warnings -rs $(CURDIR)/build/cuda-src/tests

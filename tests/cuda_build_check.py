@@ -38,6 +38,13 @@ def main() -> int:
         assert f"-arch {sm} ".encode() in library, f"no cubin for {sm} in the library"
         print(f"device code for {sm}: present")
     print(f"CUDA kernels registered for all {len(OPS)} ops")
+    if getattr(version, "stable_abi", False):  # the wheel's library: the stable C shims only
+        undefined = subprocess.run(["nm", "-DC", "--undefined-only", involution.library_path],
+                                   check=True, capture_output=True, text=True).stdout
+        bad = [line for line in undefined.splitlines()
+               if any(ns in line for ns in ("c10::", "at::", "torch::"))]
+        assert not bad, "symbols outside the stable ABI:\n" + "\n".join(bad)
+        print("nm: no c10::, at:: or torch:: symbol")
     return 0
 
 
