@@ -2,8 +2,8 @@
 // The CPU kernels of each instruction set, as tables of function pointers.
 //
 // kernels_default.cpp, kernels_avx2.cpp and kernels_avx512.cpp each compile
-// row_kernels.h for one instruction set; involution_kernel.cpp picks the best table the
-// machine supports (ATen's CPU capability, so ATEN_CPU_CAPABILITY=default|avx2|avx512 applies).
+// row_kernels.h for one instruction set; scheduling.h picks the best table the machine supports
+// (cpuid) and ATEN_CPU_CAPABILITY=default|avx2|avx512 allows, as torch does for its own kernels.
 // Every header the kernels need is included here, before any target region begins.
 
 #include <torch/headeronly/util/BFloat16.h>
