@@ -97,7 +97,7 @@ def worker(checkout: str, threads: int, reps: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--baseline", required=True, help="the other checkout (built)")
+    parser.add_argument("--baseline", help="the other checkout (built)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--reps", type=int, default=5, help="timings per case in a worker")
     parser.add_argument("--threads", type=int, default=2)
@@ -106,6 +106,8 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args.worker, args.threads, args.reps)))
         return
+    if not args.baseline:
+        parser.error("--baseline is required")
     builds = {"stable": ROOT, "baseline": os.path.abspath(args.baseline)}
     runs = {b: [] for b in builds}
     for round_ in range(args.rounds):
@@ -113,7 +115,7 @@ def main() -> None:
         for b in order:
             out = subprocess.run(
                 [sys.executable, "-P", __file__, "--worker", builds[b], "--threads",
-                 str(args.threads), "--reps", str(args.reps), "--baseline", "-"],
+                 str(args.threads), "--reps", str(args.reps)],
                 capture_output=True, text=True, check=True, cwd=HERE,
                 env={**os.environ, **WORKER_MALLOC_ENV, "PYTHONPATH": HERE})
             runs[b].append(json.loads(out.stdout.strip().splitlines()[-1]))

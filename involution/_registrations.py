@@ -72,12 +72,6 @@ def _output_size(size, kernel, stride, padding, dilation):
 
 def _layout(t: torch.Tensor) -> torch.memory_format:
     # The layout the kernels give a result that follows `t` (torch's suggest_memory_format).
-    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and \
-            not t.is_contiguous():
-        return torch.channels_last
-    if t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d) and \
-            not t.is_contiguous():
-        return torch.channels_last_3d
     return torch._prims_common.suggest_memory_format(t)
 
 

@@ -154,5 +154,12 @@ inline Tensor to_dtype(const Tensor& t, c10::ScalarType dtype) {
   return t.scalar_type() == dtype ? t : torch::stable::to(t, dtype);
 }
 
+// t in `dtype` and contiguous (the span weight and bias as the fused kernels read them, in their
+// accumulation type); an absent or undefined optional gives an undefined tensor.
+inline Tensor dense_as(const Tensor& t, c10::ScalarType dtype) { return dense(to_dtype(t, dtype)); }
+inline Tensor dense_as(const std::optional<Tensor>& t, c10::ScalarType dtype) {
+  return t.has_value() && t->defined() ? dense_as(*t, dtype) : Tensor();
+}
+
 }  // namespace detail
 }  // namespace involution

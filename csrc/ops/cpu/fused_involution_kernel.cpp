@@ -255,6 +255,7 @@ using detail::acc_dtype;
 using detail::allocate;
 using detail::allocate_zeros;
 using detail::dense;
+using detail::dense_as;
 using detail::empty_like_layout;
 using detail::info;
 using detail::is_channels_last;
@@ -299,9 +300,6 @@ Tensor padded_span_weight(const Tensor& span_weight, int64_t ldr, c10::ScalarTyp
   torch::stable::copy_(columns, torch::stable::reshape(span_weight, {rows, R}));
   return Sp;
 }
-
-// The (acc-typed, contiguous) span weight and bias of the contiguous kernels.
-Tensor acc_contiguous(const Tensor& t, c10::ScalarType acc) { return dense(to_dtype(t, acc)); }
 
 template <typename scalar_t>
 void fused_backward_input_channels_last(const Fused& f, const scalar_t* gy, const scalar_t* z,
@@ -360,7 +358,7 @@ Tensor fused_forward_cpu(Tensor input, Tensor reduced, Tensor span_weight,
   if (out.numel() == 0) return out;
   const bool has_bias = span_bias.has_value() && span_bias->defined();
   const auto acc = acc_dtype(input.scalar_type());
-  const Tensor bias = has_bias ? acc_contiguous(*span_bias, acc) : Tensor();
+  const Tensor bias = dense_as(span_bias, acc);
   if (is_channels_last(input)) {
     // Read and written in place: z in the same layout, the output is channels-last too.
     const Tensor z = dense(reduced, layout_of(input));
@@ -379,7 +377,7 @@ Tensor fused_forward_cpu(Tensor input, Tensor reduced, Tensor span_weight,
     return out;
   }
   const Tensor x = dense(input), z = dense(reduced);
-  const Tensor S = acc_contiguous(span_weight, acc);
+  const Tensor S = dense_as(span_weight, acc);
   const bool direct = out.is_contiguous();
   Tensor y = direct ? out : allocate(out_sizes, input.scalar_type(), input);
   const Fused f(
@@ -435,7 +433,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> fused_backward_cpu(Tensor grad_output
       using acc_t = acc_type<scalar_t>;
       if (mask[0]) {
         const Tensor St = transposed_span_weight(span_weight, f.g.groups, ldw, acc);
-        const Tensor bias = has_bias ? acc_contiguous(*span_bias, acc) : Tensor();
+        const Tensor bias = dense_as(span_bias, acc);
         fused_backward_input_channels_last<scalar_t>(
             f, gy.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(),
             St.const_data_ptr<acc_t>(), ldw, has_bias ? bias.const_data_ptr<acc_t>() : nullptr,
@@ -454,8 +452,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> fused_backward_cpu(Tensor grad_output
     if (!gz_direct) torch::stable::copy_(gz, gz_c);
   } else {
     const Tensor gy = dense(grad_output), x = dense(input), z = dense(reduced);
-    const Tensor S = acc_contiguous(span_weight, acc);
-    const Tensor bias = has_bias ? acc_contiguous(*span_bias, acc) : Tensor();
+    const Tensor S = dense_as(span_weight, acc);
+    const Tensor bias = dense_as(span_bias, acc);
     const Fused f(
         detail::make_fused_geometry(Dims, x.sizes(), gy.sizes(), kernel_size, sizes.groups, window),
         z.size(1));

@@ -28,10 +28,10 @@ using OpFamily = detail::OpNames<Dims>;
 using detail::acc_dtype;
 using detail::allocate;
 using detail::dense;
+using detail::dense_as;
 using detail::empty_like_layout;
 using detail::info;
 using detail::Tensor;
-using detail::to_dtype;
 using IntList = torch::headeronly::IntHeaderOnlyArrayRef;
 
 // The limits of the fused CUDA kernels, checked after the shared checks: a clear error, not a
@@ -153,9 +153,9 @@ Tensor fused_forward_cuda(Tensor input, Tensor reduced, Tensor span_weight,
   check_fused_limits(OpFamily<Dims>::fused_name, g, reduced.size(1));
   const Tensor x = dense(input), z = dense(reduced);
   const auto acc = acc_dtype(input.scalar_type());
-  const Tensor S = dense(to_dtype(span_weight, acc));
+  const Tensor S = dense_as(span_weight, acc);
   const bool has_bias = span_bias.has_value() && span_bias->defined();
-  const Tensor bias = has_bias ? dense(to_dtype(*span_bias, acc)) : Tensor();
+  const Tensor bias = dense_as(span_bias, acc);
   const bool direct = out.is_contiguous();
   Tensor y = direct ? out : allocate(out_sizes, input.scalar_type(), input);
   const FusedDims d = fused_dims(g, z.size(1));
@@ -203,8 +203,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> fused_backward_cuda(Tensor grad_outpu
   check_fused_limits(OpFamily<Dims>::fused_backward_name, g, reduced.size(1));
   const Tensor gy = dense(grad_output), x = dense(input), z = dense(reduced);
   const auto acc = acc_dtype(dtype);
-  const Tensor S = dense(to_dtype(span_weight, acc));
-  const Tensor bias = has_bias ? dense(to_dtype(*span_bias, acc)) : Tensor();
+  const Tensor S = dense_as(span_weight, acc);
+  const Tensor bias = dense_as(span_bias, acc);
   const FusedDims d = fused_dims(g, z.size(1));
   const bool gx_direct = !mask[0] || gx.is_contiguous();
   const bool gz_direct = !mask[1] || gz.is_contiguous();
