@@ -5,8 +5,11 @@
 // taps x output pixels per thread (span_kernels.h), and the involution row kernels
 // (row_kernels.h) run on that slab as a problem of one sample and one group: W never reaches
 // the (B, G*taps, O...) tensor the unfused path allocates, writes and reads.
-//   * forward: W is generated a few output rows at a time (a task grain), right before the
-//     forward row kernel reads those rows, so it is read back from L1/L2;
+//   * forward: for RedNet's width geometries (channel_vector_handles: kernel width 3 or 7,
+//     width stride 1 or 2) the forward kernel of channel_vector_kernels.h generates W itself,
+//     64 output pixels at a time into a buffer in L1, and aggregates from there; otherwise W
+//     is generated a few output rows at a time (a task grain), right before the forward row
+//     kernel reads those rows, so it is read back from L1/L2;
 //   * grad_input, slab by slab: the whole slab's W, then the input-gradient row kernel (an input
 //     row reads a window of output rows);
 //   * the rest, in units of one sample's output rows: for each group and a few rows at a time,
@@ -127,6 +130,15 @@ template <typename scalar_t>
 void fused_forward(const Fused& f, const scalar_t* x, const scalar_t* z,
                    const acc_type<scalar_t>* S, const acc_type<scalar_t>* bias, scalar_t* y) {
   const auto& k = kernels().get<scalar_t>();
+  if (channel_vector_handles(f.g, k.lanes) && !use_direct(f.slab, Pass::forward)) {
+    // W generated a tile of pixels at a time inside the aggregation kernel, into a buffer in
+    // L1 (channel_vector_kernels.h): the tasks of all slabs at once, no slab of W.
+    const int64_t tasks = output_row_tasks(f.g), grain = task_grain(f.g, f.g.out[2]);
+    run_guided(useful_threads(tasks, grain), tasks, grain, [&](int64_t begin, int64_t end) {
+      k.fused_forward_tiles(f.g, f.reduced, S, bias, x, z, y, begin, end);
+    });
+    return;
+  }
   const auto kernel = pick_kernel<scalar_t>(f.slab, Pass::forward);
   const int64_t tasks = output_row_tasks(f.slab), grain = task_grain(f.slab, f.g.out[2]);
   for_each_slab<scalar_t>(f, [&](int64_t s, scalar_t* W, int64_t threads) {

@@ -98,6 +98,15 @@ inline int64_t channels_last_input_tasks(const Geometry& g, int64_t ldw) {
   return g.batch * g.in[0] * ceil_div(g.in[1], channels_last_input_block(g, ldw).rows);
 }
 
+// Whether the forward kernels keep a group's channels in the SIMD lanes
+// (channel_vector_kernels.h): a width dilation of 1, width stride 1 or 2, kernel width 3 or 7,
+// and C/G a multiple of `lanes` (the accumulation type's lanes of the instruction set).
+inline bool channel_vector_handles(const Geometry& g, int64_t lanes) {
+  const int64_t KW = g.kernel[2], s = g.stride[2];
+  return g.dilation[2] == 1 && (s == 1 || s == 2) && (KW == 3 || KW == 7) &&
+         g.channels_per_group() % lanes == 0;
+}
+
 // Each involution kernel computes tasks [begin, end). The span kernels are the fused op's
 // kernel generation and its gradients (span_kernels.h).
 template <typename scalar_t>
@@ -136,6 +145,13 @@ struct Kernels {
   void (*fused_backward_span_channels_last)(const Geometry&, int64_t, const acc_t*, int64_t,
                                             const scalar_t*, const scalar_t*, const scalar_t*,
                                             scalar_t*, acc_t*, acc_t*, int64_t, int64_t);
+  // The fused forward on contiguous tensors, for geometries channel_vector_handles(g, lanes)
+  // accepts: (g, R, S, bias, x, z, y, begin, end) computes the output-row tasks [begin, end)
+  // of g (output_row_tasks); S is the span weight (G*T, R) and bias its G*T biases (or null),
+  // in the accumulation type.
+  void (*fused_forward_tiles)(const Geometry&, int64_t, const acc_t*, const acc_t*, const scalar_t*,
+                              const scalar_t*, scalar_t*, int64_t, int64_t);
+  int64_t lanes;  // of the accumulation type
 };
 
 struct KernelTable {

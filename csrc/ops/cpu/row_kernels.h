@@ -28,6 +28,8 @@
 //   * Unrolled cases (with_width_shape): forward and grad_weight unroll the tap columns for
 //     KW = 3 and 7 at stride 1 and 2 (dilation 1); grad_input for KW = 3 and 7 at stride 1 and
 //     dilation 1. Every other geometry runs the same loops with run-time tap counts and offsets.
+//     Where C/G is also a multiple of the vector width, forward() hands the problem to
+//     channel_vector_kernels.h, which keeps channels rather than pixels in the lanes.
 //   * Partial column blocks: operands read in place (PartialBlocks) read on past a row's end
 //     rather than through a scalar tail; lanes past the end are never stored.
 // Every output element is written by exactly one task with a fixed summation order: results
@@ -45,6 +47,7 @@
 #error "include kernel_table.h, set the target, define INVOLUTION_CPU_ISA, then include this"
 #endif
 
+#include "channel_vector_kernels.h"
 #include "channels_last_kernels.h"
 #include "kernel_table.h"
 #include "simd.h"
@@ -236,6 +239,10 @@ struct InputSlab {
 template <typename scalar_t, typename acc_t, int Lanes>
 void forward(const Geometry& g, const scalar_t* x, const scalar_t* w, scalar_t* y, int64_t begin,
              int64_t end) {
+  if (channel_vector_handles(g, Lanes)) {  // RedNet's width geometries: channels in the lanes
+    channel_vector::forward<scalar_t, acc_t, Lanes>(g, x, w, y, begin, end);
+    return;
+  }
   using V = typename Simd<acc_t, Lanes>::type;
   // Channels sharing each weight load; also the independent accumulators that hide the
   // multiply-add latency.
@@ -672,7 +679,9 @@ KernelTable make_table() {
                              &span_grad_weight<scalar_t, acc_t, L>,
                              &fused_forward_channels_last<scalar_t, acc_t, L>,
                              &fused_backward_input_channels_last<scalar_t, acc_t, L>,
-                             &fused_backward_span_channels_last<scalar_t, acc_t, L>};
+                             &fused_backward_span_channels_last<scalar_t, acc_t, L>,
+                             &fused_forward_tiles<scalar_t, acc_t, L>,
+                             L};
   };
   using F = std::integral_constant<int, FloatLanes>;
   using D = std::integral_constant<int, FloatLanes / 2>;
