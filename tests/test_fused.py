@@ -109,11 +109,12 @@ def test_rednet_like_shapes(case, device):
 
 
 # RedNet's width geometries (kernel width 3 or 7, width stride 1 or 2, width dilation 1) with
-# C/G a multiple of every instruction set's vector width run the forward kernels that keep
-# channels in the SIMD lanes, and the fused forward generates its kernel 64 pixels at a time:
-# one and two vectors of channels and both together (8, 16, 24, 48 per group), widths around
-# the blocks of 6 and 12 pixels and the 64-pixel tiles, tiles spanning several output rows,
-# padding of 0 and wider than the kernel, height strides and dilations, 3-D.
+# C/G a multiple of every instruction set's vector width run the kernels that keep channels in
+# the SIMD lanes (forward; the input gradient at width stride 1), and the fused forward
+# generates its kernel 64 pixels at a time: one and two vectors of channels and both together
+# (8, 16, 24, 48 per group), widths around the blocks of 6 and 12 pixels and the 64-pixel
+# tiles, tiles spanning several output rows, padding of 0 and wider than the kernel, height
+# strides and dilations, 3-D.
 CHANNEL_LANE_CASES = [
     Case(2, 16, 1, (9, 13), (7, 7), (1, 1), (3, 3), (1, 1)),
     Case(1, 32, 2, (12, 70), (7, 7), (1, 1), (3, 3), (1, 1)),
@@ -122,22 +123,32 @@ CHANNEL_LANE_CASES = [
     Case(1, 8, 1, (10, 29), (5, 3), (1, 2), (0, 0), (1, 1)),
     Case(2, 16, 2, (7, 7), (7, 7), (3, 1), (4, 9), (2, 1)),
     Case(1, 16, 1, (4, 140), (1, 3), (1, 1), (0, 1), (1, 1)),
+    Case(1, 16, 1, (9, 9), (3, 7), (2, 1), (0, 1), (1, 1)),
 ]
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, None), (torch.float32, 1e-4),
                                        (torch.float16, 2e-2), (torch.bfloat16, 1e-1)], ids=str)
 @pytest.mark.parametrize("case", CHANNEL_LANE_CASES, ids=str)
-def test_channel_lane_forward_kernels(case, dtype, tol):
-    x, z, s, b = fused_operands(case, 5, dtype=dtype)
-    y = fused(x, z, s, b, case)
-    y_ref = composite(*(t.double() for t in (x, z, s, b)), case, reference=True)
+def test_channel_lane_kernels(case, dtype, tol):
+    x, z, s, b = fused_operands(case, 5, dtype=dtype, requires_grad=True)
+    inputs64 = [t.detach().double().requires_grad_() for t in (x, z, s, b)]
+    y_ref = composite(*inputs64, case, reference=True)
     kw = {} if tol is None else {"atol": tol, "rtol": tol}
-    torch.testing.assert_close(y.double(), y_ref, **kw)
-    torch.testing.assert_close(composite(x, z, s, b, case).double(), y_ref, **kw)
+    gy = torch.randn(y_ref.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    refs = torch.autograd.grad(y_ref, inputs64, gy)
+    for y in (fused(x, z, s, b, case), composite(x, z, s, b, case)):
+        torch.testing.assert_close(y.double(), y_ref, **kw)
+        grads = torch.autograd.grad(y, (x, z, s, b), gy.to(dtype))
+        for name, g, r in zip(("input", "reduced", "span_weight", "span_bias"), grads, refs):
+            # Sums of up to C/G * taps (or pixels) products: the tolerance scales with them.
+            g_kw = kw if tol is None else {"atol": tol * 30, "rtol": tol * 3}
+            torch.testing.assert_close(g.double(), r, msg=lambda m: f"{name}: {m}", **g_kw)
 
 
-def test_channel_lane_forward_kernels_3d_and_non_finite():
+def test_channel_lane_kernels_3d_and_non_finite():
+    check_against_reference(Case3d(1, 16, 1, (5, 4, 11), (2, 3, 7), (2, 1, 1), (1, 1, 3),
+                                   (1, 2, 1)), 6, True, "cpu")
     case = Case3d(2, 16, 2, (4, 6, 9), (3, 3, 7), (1, 1, 2), (1, 2, 3), (2, 1, 1))
     check_against_reference(case, 6, True, "cpu")
     # A non-finite weight at a tap outside the input makes its pixel NaN (w * 0), as the sums

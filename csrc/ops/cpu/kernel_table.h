@@ -107,6 +107,12 @@ inline bool channel_vector_handles(const Geometry& g, int64_t lanes) {
          g.channels_per_group() % lanes == 0;
 }
 
+// Whether the input-gradient kernel keeps a group's channels in the SIMD lanes: the forward's
+// geometries at width stride 1 and kernel width 7.
+inline bool channel_vector_handles_input(const Geometry& g, int64_t lanes) {
+  return channel_vector_handles(g, lanes) && g.stride[2] == 1 && g.kernel[2] == 7;
+}
+
 // Each involution kernel computes tasks [begin, end). The span kernels are the fused op's
 // kernel generation and its gradients (span_kernels.h).
 template <typename scalar_t>

@@ -28,8 +28,9 @@
 //   * Unrolled cases (with_width_shape): forward and grad_weight unroll the tap columns for
 //     KW = 3 and 7 at stride 1 and 2 (dilation 1); grad_input for KW = 3 and 7 at stride 1 and
 //     dilation 1. Every other geometry runs the same loops with run-time tap counts and offsets.
-//     Where C/G is also a multiple of the vector width, forward() hands the problem to
-//     channel_vector_kernels.h, which keeps channels rather than pixels in the lanes.
+//     Where C/G is also a multiple of the vector width, forward() (and, at KW = 7 and stride
+//     1, backward_input()) hand the problem to channel_vector_kernels.h, which keeps channels
+//     rather than pixels in the lanes.
 //   * Partial column blocks: operands read in place (PartialBlocks) read on past a row's end
 //     rather than through a scalar tail; lanes past the end are never stored.
 // Every output element is written by exactly one task with a fixed summation order: results
@@ -188,8 +189,8 @@ struct InputSlab {
         column_offset[kw] = (off % s) * phase_len + off / s;
       }
     }
-    const TapRange kd = taps_in_range(od, g.stride[0], g.padding[0], g.dilation[0], g.kernel[0],
-                                      g.in[0]);
+    const TapRange kd =
+        taps_in_range(od, g.stride[0], g.padding[0], g.dilation[0], g.kernel[0], g.in[0]);
     kd_lo = kd.lo;
     kd_count = kd.hi - kd.lo;
     first_row = std::max<int64_t>(0, oh0 * g.stride[1] - g.padding[1]);
@@ -341,7 +342,8 @@ void forward(const Geometry& g, const scalar_t* x, const scalar_t* w, scalar_t* 
       auto channel_blocks = [&](auto kw_const, auto s_const) {
         // Channel blocks outermost: one block's staged rows and the row's weights stay in L1.
         int64_t c = 0;
-        for (; c + CB <= cpg; c += CB) columns(std::integral_constant<int, CB>(), kw_const, s_const, c);
+        for (; c + CB <= cpg; c += CB)
+          columns(std::integral_constant<int, CB>(), kw_const, s_const, c);
         for (; c < cpg; ++c) columns(std::integral_constant<int, 1>(), kw_const, s_const, c);
       };
       with_width_shape(g, channel_blocks);
@@ -350,8 +352,8 @@ void forward(const Geometry& g, const scalar_t* x, const scalar_t* w, scalar_t* 
 }
 
 template <typename scalar_t, typename acc_t, int Lanes>
-void backward_weight(const Geometry& g, const scalar_t* grad_y, const scalar_t* x,
-                     scalar_t* grad_w, int64_t begin, int64_t end) {
+void backward_weight(const Geometry& g, const scalar_t* grad_y, const scalar_t* x, scalar_t* grad_w,
+                     int64_t begin, int64_t end) {
   using V = typename Simd<acc_t, Lanes>::type;
   const int64_t OH = g.out[1], OW = g.out[2];
   const int64_t KD = g.kernel[0], KH = g.kernel[1], KW = g.kernel[2];
@@ -406,8 +408,8 @@ void backward_weight(const Geometry& g, const scalar_t* grad_y, const scalar_t* 
           const acc_t* x_row = slab.row(g, kd, oh, u);
           // Taps [v0, v0 + NT) of this row at output columns [j0, j0 + Lanes), summed over the
           // group's channels; channel c's grad_output is at gy + c * gy_channel_stride.
-          auto block = [&](auto tap_count, auto s_const, int64_t v0, int64_t j0,
-                           const scalar_t* gy, int64_t gy_channel_stride) {
+          auto block = [&](auto tap_count, auto s_const, int64_t v0, int64_t j0, const scalar_t* gy,
+                           int64_t gy_channel_stride) {
             constexpr int NT = decltype(tap_count)::value;
             constexpr int Sc = decltype(s_const)::value;
             const acc_t* xp = x_row + j0;
@@ -428,9 +430,11 @@ void backward_weight(const Geometry& g, const scalar_t* grad_y, const scalar_t* 
             }
             const int64_t count = std::min<int64_t>(Lanes, OW - j0);
             if (count == Lanes) {
-              for (int tb = 0; tb < NT; ++tb) store(gw_row + (v0 + tb) * out_volume + j0, acc[tb], Lanes);
+              for (int tb = 0; tb < NT; ++tb)
+                store(gw_row + (v0 + tb) * out_volume + j0, acc[tb], Lanes);
             } else {
-              for (int tb = 0; tb < NT; ++tb) store(gw_row + (v0 + tb) * out_volume + j0, acc[tb], count);
+              for (int tb = 0; tb < NT; ++tb)
+                store(gw_row + (v0 + tb) * out_volume + j0, acc[tb], count);
             }
           };
           // All taps of the row in one block where the width geometry is fixed; else blocks of
@@ -475,8 +479,12 @@ void backward_weight(const Geometry& g, const scalar_t* grad_y, const scalar_t* 
 // for s > 1 the phases are interleaved into the row when it is written.
 
 template <typename scalar_t, typename acc_t, int Lanes>
-void backward_input(const Geometry& g, const scalar_t* grad_y, const scalar_t* w,
-                    scalar_t* grad_x, int64_t begin, int64_t end) {
+void backward_input(const Geometry& g, const scalar_t* grad_y, const scalar_t* w, scalar_t* grad_x,
+                    int64_t begin, int64_t end) {
+  if (channel_vector_handles_input(g, Lanes)) {  // RedNet's K = 7 layers: channels in the lanes
+    channel_vector::backward_input<scalar_t, acc_t, Lanes>(g, grad_y, w, grad_x, begin, end);
+    return;
+  }
   using V = typename Simd<acc_t, Lanes>::type;
   constexpr int CB = 8;  // channels sharing each weight load (and independent accumulators)
   const int64_t H = g.in[1], W = g.in[2];
@@ -519,7 +527,8 @@ void backward_input(const Geometry& g, const scalar_t* grad_y, const scalar_t* w
   // weight rows read by one input row, [kd][kh][kw][len].
   std::vector<acc_t> w_staged(KD * KH * KW * len, acc_t(0));
   // s > 1: the phases of a channel block, [channel][phase][m_padded], and one interleaved row.
-  std::vector<acc_t> phase_out(s > 1 ? CB * phases * m_padded : 0), row_out(s > 1 ? s * m_padded : 0);
+  std::vector<acc_t> phase_out(s > 1 ? CB * phases * m_padded : 0),
+      row_out(s > 1 ? s * m_padded : 0);
   std::vector<int64_t> od_of(KD), oh_of((kRowsPerTask + 1) * KH);
   struct TapRow {
     int64_t gy, w;  // offsets of the staged grad_output row (channel 0) and weight rows
@@ -535,15 +544,16 @@ void backward_input(const Geometry& g, const scalar_t* grad_y, const scalar_t* w
       const int64_t n = id + g.padding[0] - kd * g.dilation[0];
       od_of[kd] = (n >= 0 && n % sd == 0 && n / sd < OD) ? n / sd : -1;
     }
-    const int64_t oh_first = std::max<int64_t>(
-        0, ceil_div(ih0 + g.padding[1] - (KH - 1) * g.dilation[1], sh));
+    const int64_t oh_first =
+        std::max<int64_t>(0, ceil_div(ih0 + g.padding[1] - (KH - 1) * g.dilation[1], sh));
     const int64_t oh_last = std::min(OH - 1, floor_div(ih1 - 1 + g.padding[1], sh));
     const int64_t out_rows = std::max<int64_t>(0, oh_last - oh_first + 1);
     for (int64_t c = 0; c < cpg; ++c) {
       for (int64_t kd = 0; kd < KD; ++kd) {
         if (od_of[kd] < 0) continue;
         for (int64_t r = 0; r < out_rows; ++r) {
-          const scalar_t* src = grad_y + (c0 + c) * out_volume + (od_of[kd] * OH + oh_first + r) * OW;
+          const scalar_t* src =
+              grad_y + (c0 + c) * out_volume + (od_of[kd] * OH + oh_first + r) * OW;
           acc_t* dst = gy_staged.data() + c * gy_channel_stride + (kd * max_out_rows + r) * len;
           copy_row<acc_t, Lanes>(src, n, dst + left);
         }
@@ -575,7 +585,8 @@ void backward_input(const Geometry& g, const scalar_t* grad_y, const scalar_t* w
           if (oh < 0) continue;
           const int64_t w_offset = (kd * KH + kh) * KW * len;
           for (int64_t kw = 0; kw < KW; ++kw) {
-            const scalar_t* src = w_bg + ((kd * KH + kh) * KW + kw) * out_volume + (od_of[kd] * OH + oh) * OW;
+            const scalar_t* src =
+                w_bg + ((kd * KH + kh) * KW + kw) * out_volume + (od_of[kd] * OH + oh) * OW;
             copy_row<acc_t, Lanes>(src, n, w_staged.data() + w_offset + kw * len + left);
           }
           tap_rows.push_back({(kd * max_out_rows + oh - oh_first) * len, w_offset});
@@ -617,9 +628,11 @@ void backward_input(const Geometry& g, const scalar_t* grad_y, const scalar_t* w
             block(channels, kw_const, c, 0, m0, acc);
             const int64_t count = std::min<int64_t>(Lanes, W - m0);
             if (count == Lanes) {
-              for (int cb = 0; cb < NB; ++cb) store(gx_row + (c + cb) * in_volume + m0, acc[cb], Lanes);
+              for (int cb = 0; cb < NB; ++cb)
+                store(gx_row + (c + cb) * in_volume + m0, acc[cb], Lanes);
             } else {
-              for (int cb = 0; cb < NB; ++cb) store(gx_row + (c + cb) * in_volume + m0, acc[cb], count);
+              for (int cb = 0; cb < NB; ++cb)
+                store(gx_row + (c + cb) * in_volume + m0, acc[cb], count);
             }
           }
           return;
@@ -628,7 +641,8 @@ void backward_input(const Geometry& g, const scalar_t* grad_y, const scalar_t* w
           for (int64_t m0 = 0; m0 < ceil_div(W - r, s); m0 += Lanes) {
             block(channels, kw_const, c, r, m0, acc);
             for (int cb = 0; cb < NB; ++cb) {
-              std::memcpy(phase_out.data() + (cb * phases + r) * m_padded + m0, &acc[cb], sizeof(V));
+              std::memcpy(phase_out.data() + (cb * phases + r) * m_padded + m0, &acc[cb],
+                          sizeof(V));
             }
           }
         }
