@@ -176,25 +176,38 @@ void stage_weights(const scalar_t* src, int64_t n_src, int64_t q0, int64_t count
   std::fill(dst + hi, dst + count, acc_t(0));
 }
 
-// The staged input of one task, in chunks of 2*Lanes channels (the last one of Lanes when C/G
-// is an odd number of vectors): [chunk][kd][row][slot][chunk's channels], slot q holding input
-// column q - p.
+// Staged rows in chunks of 2*Lanes channels (the last one of Lanes when C/G is an odd number
+// of vectors): [chunk][kd][row][slot][chunk's channels]. The forward stages input rows in it,
+// the input gradient grad_output rows.
 template <typename acc_t, int Lanes>
-struct ChannelSlab {
-  int64_t slots = 0;      // (OW - 1) * s + KW: every slot an output column reads
-  int64_t max_rows = 0;   // input rows read by kRowsPerTask output rows
-  int64_t first_row = 0;  // input row of staged row 0 (may be negative: zero rows)
-  int64_t chunk_stride = 0;
+struct ChunkedRows {
+  static constexpr int64_t kChunk = 2 * Lanes;
+  int64_t CG = 0, max_rows = 0, slots = 0, chunk_stride = 0;
   std::vector<acc_t> data;
 
-  static constexpr int64_t kChunk = 2 * Lanes;
-  static int64_t chunk_width(int64_t CG, int64_t cc) { return std::min(kChunk, CG - cc); }
-
-  // The staged row r of depth tap kd, for the chunk starting at channel cc.
-  const acc_t* row(int64_t kd, int64_t r, int64_t CG, int64_t cc) const {
-    return data.data() + (cc / kChunk) * chunk_stride +
-           (kd * max_rows + r) * slots * chunk_width(CG, cc);
+  void allocate(int64_t channels, int64_t depths, int64_t rows, int64_t slot_count) {
+    CG = channels;
+    max_rows = rows;
+    slots = slot_count;
+    chunk_stride = depths * max_rows * slots * kChunk;
+    data.assign(ceil_div(CG, kChunk) * chunk_stride, acc_t(0));
   }
+  int64_t chunk_width(int64_t cc) const { return std::min(kChunk, CG - cc); }
+  // Row r of depth tap kd, for the chunk starting at channel cc.
+  acc_t* row(int64_t kd, int64_t r, int64_t cc) {
+    return data.data() + (cc / kChunk) * chunk_stride +
+           (kd * max_rows + r) * slots * chunk_width(cc);
+  }
+  const acc_t* row(int64_t kd, int64_t r, int64_t cc) const {
+    return const_cast<ChunkedRows*>(this)->row(kd, r, cc);
+  }
+};
+
+// The staged input of one forward task: slot q of a row holds input column q - p.
+template <typename acc_t, int Lanes>
+struct ChannelSlab : ChunkedRows<acc_t, Lanes> {
+  using ChunkedRows<acc_t, Lanes>::kChunk;
+  int64_t first_row = 0;  // input row of staged row 0 (may be negative: zero rows)
 
   // Stages the rows output rows [oh0, oh1) of output depth od read, channels [c0, c0 + CG).
   template <typename scalar_t>
@@ -202,26 +215,26 @@ struct ChannelSlab {
              int64_t oh1) {
     const int64_t CG = g.channels_per_group(), KD = g.kernel[0];
     const int64_t H = g.in[1], W = g.in[2], p = g.padding[2], plane = g.in_volume();
-    if (data.empty()) {
-      slots = (g.out[2] - 1) * g.stride[2] + g.kernel[2];
-      max_rows = (kRowsPerTask - 1) * g.stride[1] + (g.kernel[1] - 1) * g.dilation[1] + 1;
-      chunk_stride = KD * max_rows * slots * kChunk;
-      data.assign(ceil_div(CG, kChunk) * chunk_stride, acc_t(0));
+    if (this->data.empty()) {
+      // Every slot an output column reads, and the input rows kRowsPerTask output rows read.
+      this->allocate(CG, KD,
+                     (kRowsPerTask - 1) * g.stride[1] + (g.kernel[1] - 1) * g.dilation[1] + 1,
+                     (g.out[2] - 1) * g.stride[2] + g.kernel[2]);
     }
+    const int64_t slots = this->slots;
     first_row = oh0 * g.stride[1] - g.padding[1];
     const int64_t rows = (oh1 - 1 - oh0) * g.stride[1] + (g.kernel[1] - 1) * g.dilation[1] + 1;
     for (int64_t cc = 0; cc < CG; cc += kChunk) {
-      const int64_t cw = chunk_width(CG, cc);
+      const int64_t cw = this->chunk_width(cc);
       for (int64_t kd = 0; kd < KD; ++kd) {
         const int64_t id = od * g.stride[0] - g.padding[0] + kd * g.dilation[0];
         for (int64_t r = 0; r < rows; ++r) {
           const int64_t ih = first_row + r;
-          acc_t* dst = const_cast<acc_t*>(row(kd, r, CG, cc));
+          acc_t* dst = this->row(kd, r, cc);
           if (id < 0 || id >= g.in[0] || ih < 0 || ih >= H) {
             std::fill(dst, dst + slots * cw, acc_t(0));
             continue;
           }
-          // Slot q holds input column q - p.
           stage_row<acc_t, Lanes>(x + (c0 + cc) * plane + (id * H + ih) * W, plane, W, p, slots, cw,
                                   dst);
         }
@@ -230,38 +243,51 @@ struct ChannelSlab {
   }
 };
 
+// Runs pixel_block over pixels [0, n) of one staged row run, every chunk of channels: pixel j
+// reads from slot first_slot + j*S (rows[r]: tap row r's staged row for the chunk, set by
+// set_rows(cc)), its weights at w + j, results to tile row j.
+template <int S, int KW, bool Gather, typename acc_t, int Lanes, typename SetRows>
+void pixel_blocks(int64_t CG, const SetRows& set_rows, const acc_t* const* rows, int64_t n_rows,
+                  int64_t first_slot, int64_t n, const acc_t* w, acc_t* tile) {
+  using V = typename Simd<acc_t, Lanes>::type;
+  auto chunk = [&](auto nv_const, int64_t cc) {
+    constexpr int NV = decltype(nv_const)::value;
+    // J pixels share each loaded vector: 12 accumulators (16 vector registers).
+    constexpr int J = NV == 1 ? 12 : 6;
+    constexpr int Width = NV * Lanes;
+    set_rows(cc);
+    int64_t j = 0;
+    for (; j + J <= n; j += J) {
+      pixel_block<J, S, KW, NV, Gather, V>(rows, n_rows, (first_slot + j * S) * Width, w + j,
+                                           tile + j * CG + cc, CG);
+    }
+    for (; j < n; ++j) {
+      pixel_block<1, S, KW, NV, Gather, V>(rows, n_rows, (first_slot + j * S) * Width, w + j,
+                                           tile + j * CG + cc, CG);
+    }
+  };
+  int64_t cc = 0;
+  for (; cc + 2 * Lanes <= CG; cc += 2 * Lanes) chunk(std::integral_constant<int, 2>(), cc);
+  if (cc < CG) chunk(std::integral_constant<int, 1>(), cc);
+}
+
 // Output pixels [ow, ow + run) of output row oh of the task staged in `slab`, every channel:
 // weights at w (tap t at w + t * kTilePixels, pixel ow at w[0]), results to the tile (pixel ow
 // at tile[0], rows C/G apart). rows: scratch for KD*KH row pointers.
 template <int S, int KW, typename acc_t, int Lanes>
 void aggregate_row(const Geometry& g, const ChannelSlab<acc_t, Lanes>& slab, int64_t oh, int64_t ow,
                    int64_t run, const acc_t* w, acc_t* tile, const acc_t** rows) {
-  using V = typename Simd<acc_t, Lanes>::type;
-  const int64_t KD = g.kernel[0], KH = g.kernel[1], CG = g.channels_per_group();
-  auto chunk = [&](auto nv_const, int64_t cc) {
-    constexpr int NV = decltype(nv_const)::value;
+  const int64_t KD = g.kernel[0], KH = g.kernel[1];
+  auto set_rows = [&](int64_t cc) {
     for (int64_t kd = 0; kd < KD; ++kd) {
       for (int64_t kh = 0; kh < KH; ++kh) {
         const int64_t r = oh * g.stride[1] - g.padding[1] + kh * g.dilation[1] - slab.first_row;
-        rows[kd * KH + kh] = slab.row(kd, r, CG, cc);
+        rows[kd * KH + kh] = slab.row(kd, r, cc);
       }
     }
-    // J pixels share each loaded input vector: 12 accumulators (16 vector registers).
-    constexpr int J = NV == 1 ? 12 : 6;
-    constexpr int Width = NV * Lanes;
-    int64_t j = 0;
-    for (; j + J <= run; j += J) {
-      pixel_block<J, S, KW, NV, false, V>(rows, KD * KH, (ow + j) * S * Width, w + j,
-                                          tile + j * CG + cc, CG);
-    }
-    for (; j < run; ++j) {
-      pixel_block<1, S, KW, NV, false, V>(rows, KD * KH, (ow + j) * S * Width, w + j,
-                                          tile + j * CG + cc, CG);
-    }
   };
-  int64_t cc = 0;
-  for (; cc + 2 * Lanes <= CG; cc += 2 * Lanes) chunk(std::integral_constant<int, 2>(), cc);
-  if (cc < CG) chunk(std::integral_constant<int, 1>(), cc);
+  pixel_blocks<S, KW, false, acc_t, Lanes>(g.channels_per_group(), set_rows, rows, KD * KH, ow * S,
+                                           run, w, tile);
 }
 
 // The tile's pixels [0, n), [pixel][C/G], transposed to the output: channel c's pixel i at
@@ -371,8 +397,7 @@ void fused_forward_shape(const Geometry& g, int64_t R, const acc_t* span_weight,
 template <int KW, typename scalar_t, typename acc_t, int Lanes>
 void backward_input_shape(const Geometry& g, const scalar_t* grad_y, const scalar_t* w,
                           scalar_t* grad_x, int64_t begin, int64_t end) {
-  using V = typename Simd<acc_t, Lanes>::type;
-  constexpr int64_t kChunk = 2 * Lanes;
+  constexpr int64_t kChunk = ChunkedRows<acc_t, Lanes>::kChunk;
   const int64_t H = g.in[1], W = g.in[2];
   const int64_t OD = g.out[0], OH = g.out[1], OW = g.out[2];
   const int64_t KD = g.kernel[0], KH = g.kernel[1];
@@ -382,16 +407,12 @@ void backward_input_shape(const Geometry& g, const scalar_t* grad_y, const scala
   const int64_t e = KW - 1 - g.padding[2];  // slot of output column 0
   const int64_t slots = W + KW - 1;
   const int64_t max_out_rows = (kRowsPerTask - 1 + (KH - 1) * g.dilation[1]) / sh + 1;
-  const int64_t chunk_stride = KD * max_out_rows * slots * kChunk;
-  std::vector<acc_t> staged(ceil_div(CG, kChunk) * chunk_stride, acc_t(0));
+  ChunkedRows<acc_t, Lanes> staged;  // slot q: output column q - e
+  staged.allocate(CG, KD, max_out_rows, slots);
   std::vector<acc_t> weights(taps * kGatherSlots, acc_t(0));
   std::vector<acc_t> tile(round_up(kTilePixels, Lanes) * CG, acc_t(0));
   std::vector<const acc_t*> rows(KD * KH);
   std::vector<int64_t> od_of(KD), row_tap(KD * KH), row_oh(KD * KH);
-  auto staged_row = [&](int64_t cc, int64_t kd, int64_t r) {
-    return staged.data() + (cc / kChunk) * chunk_stride +
-           (kd * max_out_rows + r) * slots * std::min(kChunk, CG - cc);
-  };
 
   for (int64_t task = begin; task < end; ++task) {
     const RowBlock rb = input_row_block(g, task);
@@ -408,8 +429,8 @@ void backward_input_shape(const Geometry& g, const scalar_t* grad_y, const scala
         if (od_of[kd] < 0) continue;
         for (int64_t oh = oh_first; oh <= oh_last; ++oh) {
           stage_row<acc_t, Lanes>(grad_y + (c0 + cc) * out_volume + (od_of[kd] * OH + oh) * OW,
-                                  out_volume, OW, e, slots, std::min(kChunk, CG - cc),
-                                  staged_row(cc, kd, oh - oh_first));
+                                  out_volume, OW, e, slots, staged.chunk_width(cc),
+                                  staged.row(kd, oh - oh_first, cc));
         }
       }
     }
@@ -438,25 +459,12 @@ void backward_input_shape(const Geometry& g, const scalar_t* grad_y, const scala
                 e - i0, n + KW - 1, weights.data() + (r * KW + kw) * kGatherSlots);
           }
         }
-        auto chunk = [&](auto nv_const, int64_t cc) {
-          constexpr int NV = decltype(nv_const)::value;
-          constexpr int J = NV == 1 ? 12 : 6;
-          constexpr int Width = NV * Lanes;
+        auto set_rows = [&](int64_t cc) {
           for (int64_t r = 0; r < n_rows; ++r)
-            rows[r] = staged_row(cc, row_tap[r] / KH, row_oh[r] - oh_first);
-          int64_t j = 0;
-          for (; j + J <= n; j += J) {
-            pixel_block<J, 1, KW, NV, true, V>(rows.data(), n_rows, (i0 + j) * Width,
-                                               weights.data() + j, tile.data() + j * CG + cc, CG);
-          }
-          for (; j < n; ++j) {
-            pixel_block<1, 1, KW, NV, true, V>(rows.data(), n_rows, (i0 + j) * Width,
-                                               weights.data() + j, tile.data() + j * CG + cc, CG);
-          }
+            rows[r] = staged.row(row_tap[r] / KH, row_oh[r] - oh_first, cc);
         };
-        int64_t cc = 0;
-        for (; cc + 2 * Lanes <= CG; cc += 2 * Lanes) chunk(std::integral_constant<int, 2>(), cc);
-        if (cc < CG) chunk(std::integral_constant<int, 1>(), cc);
+        pixel_blocks<1, KW, true, acc_t, Lanes>(CG, set_rows, rows.data(), n_rows, i0, n,
+                                                weights.data(), tile.data());
         store_tile<scalar_t, acc_t, Lanes>(
             tile.data(), n, CG, grad_x + c0 * in_volume + (id * H + ih) * W + i0, in_volume);
       }
