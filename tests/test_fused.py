@@ -441,6 +441,41 @@ def test_deterministic_and_independent_of_thread_count():
                 assert torch.equal(a, c)
 
 
+# Outputs of fewer pixels per sample than reduced channels (RedNet's 7x7 stage 4) take the
+# weight-side backward that keeps dW of all slabs and sums gS per group and gz over all groups
+# at once; rows of at most 8 pixels take the 8-lane row kernels on AVX-512 machines.
+SMALL_OUTPUT_CASES = [
+    Case(2, 32, 2, (7, 7), (7, 7), (2, 2), (3, 3), (1, 1)),
+    Case(3, 16, 4, (5, 3), (3, 5), (1, 1), (1, 2), (1, 1)),
+    Case(2, 48, 3, (8, 6), (3, 3), (2, 1), (1, 1), (2, 1)),
+    Case3d(2, 16, 2, (3, 4, 5), (3, 3, 3), (1, 2, 2), (1, 1, 1), (1, 1, 1)),
+]
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, None), (torch.float32, 1e-4),
+                                       (torch.bfloat16, 1e-1)], ids=str)
+@pytest.mark.parametrize("case", SMALL_OUTPUT_CASES, ids=str)
+def test_small_outputs(case, dtype, tol):
+    pixels = 1
+    for o in case.out:
+        pixels *= o
+    reduced = pixels + 7  # more reduced channels than output pixels per sample
+    check_against_reference(case, reduced, bias=True, device="cpu", dtype=dtype, tol=tol)
+    x, z, s, b = fused_operands(case, reduced, dtype=torch.float32, requires_grad=True)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 3, 2):
+            torch.set_num_threads(n)
+            y = fused(x, z, s, b, case)
+            results.append(torch.autograd.grad(y, (x, z, s, b), torch.ones_like(y)))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, c in zip(results[0], other):
+            assert torch.equal(a, c)
+
+
 def test_saves_no_tensor_of_the_kernel_size():
     case = Case(2, 16, 1, (14, 14), (7, 7), (1, 1), (3, 3), (1, 1))
     x, z, s, b = fused_operands(case, 4, requires_grad=True)

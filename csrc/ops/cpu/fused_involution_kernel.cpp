@@ -219,6 +219,72 @@ class UnitSums {
   std::unique_ptr<acc_t[]> data_;  // uninitialised: each unit zeroes its own slice
 };
 
+// The gradients of reduced, span weight and span bias for small outputs, from the whole dW: the
+// schedule of fused_backward_span when dW of every slab takes no more memory than its per-unit
+// partial sums would (fewer output pixels per sample than reduced channels: RedNet's stage 4).
+//   1. per group (the threads take whole groups): each sample's dW slab (the weight-gradient row
+//      kernel) into dW, laid out (B, G, T, P), and at once gS and gb of the group, added to
+//      sample after sample: no partial sums;
+//   2. per sample and block of pixels: gz = S^T dW, one product over all G*T rows in order.
+// Each element is one fixed sum, as in the per-unit schedule (in another order: the two differ
+// by rounding only), independent of the thread count.
+template <typename scalar_t>
+void fused_backward_span_whole(const Fused& f, const scalar_t* gy, const scalar_t* x,
+                               const scalar_t* z, const acc_type<scalar_t>* S, scalar_t* gz,
+                               acc_type<scalar_t>* gS, acc_type<scalar_t>* gb) {
+  using acc_t = acc_type<scalar_t>;
+  const auto& k = kernels().get<scalar_t>();
+  const auto kernel = pick_kernel<scalar_t>(f.slab, Pass::backward_weight);
+  const int64_t B = f.g.batch, G = f.g.groups, T = f.taps, R = f.reduced, P = f.pixels;
+  const int64_t tasks = output_row_tasks(f.slab);
+  std::vector<scalar_t> dW(static_cast<size_t>(B * G * T * P));
+  // z transposed per sample (P x R, rows zero-padded to ldz) for span_grad_weight.
+  const int64_t ldz = ceil_div(R, kSpanPad) * kSpanPad;
+  std::vector<acc_t> zT(gS ? static_cast<size_t>(B * P * ldz) : 0);
+  if (gS) {
+    run_guided(useful_threads(B, 1), B, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const scalar_t* z_b = z + b * R * P;
+        for (int64_t n = 0; n < P; ++n) {
+          acc_t* row = zT.data() + (b * P + n) * ldz;
+          for (int64_t r = 0; r < R; ++r) row[r] = static_cast<acc_t>(z_b[r * P + n]);
+          std::fill(row + R, row + ldz, acc_t(0));
+        }
+      }
+    });
+  }
+  run_guided(useful_threads(G, 1), G, 1, [&](int64_t g0, int64_t g1) {
+    for (int64_t group = g0; group < g1; ++group) {
+      for (int64_t b = 0; b < B; ++b) {
+        scalar_t* dW_s = dW.data() + (b * G + group) * T * P;
+        kernel(f.slab, gy + f.output_offset(b, group), x + f.input_offset(b, group), dW_s, 0,
+               tasks);
+        if (gS || gb) {
+          k.span_grad_weight(T, R, dW_s, P, 0, P, zT.data() + b * P * ldz, ldz,
+                             gS ? gS + group * T * R : nullptr, gb ? gb + group * T : nullptr);
+        }
+      }
+    }
+  });
+  if (!gz) return;
+  constexpr int64_t kColumns = 256;  // pixels per task (a multiple of any vector)
+  const int64_t blocks = ceil_div(P, kColumns);
+  run_guided(useful_threads(B * blocks, 1), B * blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(static_cast<size_t>(R * kColumns));
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / blocks, n0 = (task % blocks) * kColumns;
+      const int64_t n1 = std::min(P, n0 + kColumns), width = n1 - n0;
+      k.span_grad_reduced(G * T, R, S, dW.data() + b * G * T * P, P, acc.data(), width, n0, n1,
+                          false);
+      for (int64_t r = 0; r < R; ++r) {
+        scalar_t* dst = gz + (b * R + r) * P + n0;
+        const acc_t* src = acc.data() + r * width;
+        for (int64_t n = 0; n < width; ++n) dst[n] = static_cast<scalar_t>(src[n]);
+      }
+    }
+  });
+}
+
 // The gradients of reduced, span weight and span bias (any of them null: not wanted).
 template <typename scalar_t>
 void fused_backward_span(const Fused& f, const scalar_t* gy, const scalar_t* x, const scalar_t* z,
@@ -238,6 +304,11 @@ void fused_backward_span(const Fused& f, const scalar_t* gy, const scalar_t* x, 
   const int64_t unit_tasks = std::clamp<int64_t>(unit_pixels / task_pixels, 1, tasks);
   const int64_t units_per_sample = ceil_div(tasks, unit_tasks);
   const int64_t units = f.g.batch * units_per_sample;
+  if (f.g.batch * P <= units * R) {
+    // dW of all slabs (B*G*T*P) takes no more than the units' partial sums (units*G*T*R).
+    fused_backward_span_whole(f, gy, x, z, S, gz, gS, gb);
+    return;
+  }
   UnitSums<acc_t> gS_units(units, gS ? G * T * R : 0), gb_units(units, gb ? G * T : 0);
   const int64_t threads = useful_threads(units, 1);
   run_guided(threads, units, 1, [&](int64_t begin, int64_t end) {

@@ -59,6 +59,20 @@ inline const ChosenKernels& chosen_kernels() {
 
 inline const KernelTable& kernels() { return *chosen_kernels().table; }
 
+// The row kernels for rows of `width` pixels: those of the chosen instruction set, except that
+// rows of at most 8 pixels take AVX2's where AVX-512 was chosen. The row kernels keep a row's
+// pixels in the SIMD lanes, so a 16-lane vector would be half empty (RedNet's 7x7 stage 4);
+// on cores that split a 512-bit operation in two 256-bit halves (AMD Zen 4) the 8-lane
+// kernels then do the same work in half the operations (measured there, 2 threads, RedNet-50's
+// stage 4 at batch 8: the weight gradient 0.79x the time, the forward 0.84x).
+inline const KernelTable& kernels_for_width(int64_t width) {
+  const KernelTable& chosen = kernels();
+  if (width <= 8 && &chosen == kernel_table_avx512()) {
+    if (const KernelTable* avx2 = kernel_table_avx2()) return *avx2;
+  }
+  return chosen;
+}
+
 // What torch.ops.involution._cpu_capability() reports, for tests and bug reports.
 inline const char* kernels_capability() { return chosen_kernels().capability; }
 
@@ -111,8 +125,9 @@ inline bool use_direct(const Geometry& g, Pass pass) {
   return staged_elements(g, pass) > std::max(double(1 << 20), 4 * slabs);
 }
 
-// The kernel of `pass` for a geometry: the row kernels of the best instruction set, or the
-// direct kernels (use_direct).
+// The kernel of `pass` for a geometry: the row kernels for its row width (kernels_for_width:
+// the input's rows for backward_input, the output's otherwise), or the direct kernels
+// (use_direct).
 template <typename scalar_t>
 typename Kernels<scalar_t>::Fn pick_kernel(const Geometry& g, Pass pass) {
   if (use_direct(g, pass)) {
@@ -120,7 +135,8 @@ typename Kernels<scalar_t>::Fn pick_kernel(const Geometry& g, Pass pass) {
            : pass == Pass::backward_input ? &direct::backward_input<scalar_t>
                                           : &direct::backward_weight<scalar_t>;
   }
-  const auto& k = kernels().get<scalar_t>();
+  const int64_t width = pass == Pass::backward_input ? g.in[2] : g.out[2];
+  const auto& k = kernels_for_width(width).get<scalar_t>();
   return pass == Pass::forward          ? k.forward
          : pass == Pass::backward_input ? k.backward_input
                                         : k.backward_weight;
