@@ -110,11 +110,11 @@ def test_rednet_like_shapes(case, device):
 
 # RedNet's width geometries (kernel width 3 or 7, width stride 1 or 2, width dilation 1) with
 # C/G a multiple of every instruction set's vector width run the kernels that keep channels in
-# the SIMD lanes (forward; the input gradient at width stride 1), and the fused forward
-# generates its kernel 64 pixels at a time: one and two vectors of channels and both together
-# (8, 16, 24, 48 per group), widths around the blocks of 6 and 12 pixels and the 64-pixel
-# tiles, tiles spanning several output rows, padding of 0 and wider than the kernel, height
-# strides and dilations, 3-D.
+# the SIMD lanes (forward; the input gradient at kernel width 7, width stride 1, or 2 on rows
+# of at most 16 pixels), and the fused forward generates its kernel 64 pixels at a time: one
+# and two vectors of channels and both together (8, 16, 24, 48 per group), widths around the
+# blocks of 6 and 12 pixels and the 64-pixel tiles, tiles spanning several output rows, padding
+# of 0 and wider than the kernel, height strides and dilations, 3-D.
 CHANNEL_LANE_CASES = [
     Case(2, 16, 1, (9, 13), (7, 7), (1, 1), (3, 3), (1, 1)),
     Case(1, 32, 2, (12, 70), (7, 7), (1, 1), (3, 3), (1, 1)),
@@ -124,6 +124,10 @@ CHANNEL_LANE_CASES = [
     Case(2, 16, 2, (7, 7), (7, 7), (3, 1), (4, 9), (2, 1)),
     Case(1, 16, 1, (4, 140), (1, 3), (1, 1), (0, 1), (1, 1)),
     Case(1, 16, 1, (9, 9), (3, 7), (2, 1), (0, 1), (1, 1)),
+    # Width stride 2 on narrow rows: the input gradient from grad_output rows spread 2 apart.
+    Case(2, 32, 2, (9, 14), (7, 7), (2, 2), (3, 3), (1, 1)),
+    Case(1, 48, 1, (6, 11), (5, 7), (1, 2), (2, 1), (2, 1)),
+    Case(1, 16, 1, (5, 16), (3, 7), (2, 2), (1, 5), (1, 1)),
 ]
 
 

@@ -2,7 +2,8 @@
 // RedNet's width geometries: a kernel width of 3 or 7 at width stride 1 or 2 and width
 // dilation 1, and C/G a multiple of the vector width (any height/depth geometry, any dtype).
 // row_kernels.h's forward() hands such geometries to this one, and its backward_input() those
-// of kernel width 7 at width stride 1; every other geometry keeps its own loops.
+// of kernel width 7 at width stride 1 (and 2 on narrow rows: channel_vector_handles_input);
+// every other geometry keeps its own loops.
 //
 // Why: forward() keeps pixels in the lanes, so every multiply-add needs a vector of the input
 // of its own (shifted by the tap, so mostly unaligned), loaded from L1: 9 loads per 8
@@ -26,9 +27,10 @@
 // weights of each tile of 64 output pixels itself, by the span product straight into the
 // [tap][pixel] buffer the aggregation reads (L1), instead of reading a generated slab.
 //
-// The input gradient (backward_input, at width stride 1 and kernel width 7) is the same loop in
-// gather form: input pixel a at tap kw receives from output column a + p - kw, so with the
-// grad_output rows staged the same way each loaded vector again feeds up to J pixels.
+// The input gradient (backward_input, at kernel width 7) is the same loop in gather form: input
+// pixel a at tap kw receives from output column a + p - kw (width stride 1; at stride 2 the
+// grad_output row is staged spread 2 apart, zeros between), so with the grad_output rows
+// staged the same way each loaded vector again feeds up to J pixels.
 //
 // Like row_kernels.h, this file is compiled once per instruction set, inside that instruction
 // set's target region (row_kernels.h includes it).
@@ -387,13 +389,48 @@ void fused_forward_shape(const Geometry& g, int64_t R, const acc_t* span_weight,
   }
 }
 
-// The input gradient (gather form, as row_kernels.h's backward_input) for width stride 1:
-// grad_x[c, i] = sum over the taps (kd, kh, kw) whose output pixel o = (od, oh, i + p - kw)
-// exists of w[tap, o] * grad_y[c, o]. Per task (kRowsPerTask input rows of one slab and depth)
-// the grad_output rows they receive from are staged [chunk][kd][row][slot][chunk's channels],
-// slot q holding output column q - (KW - 1 - p) and zeros past the row; per input row and tile
-// of 64 pixels, the weights of its valid tap rows are staged [tap][slot] the same way, and J
-// input pixels run together, each staged grad_output vector feeding up to J accumulators.
+// The input gradient (gather form, as row_kernels.h's backward_input) for width stride SW of
+// 1 or 2: grad_x[c, i] = sum over the taps (kd, kh, kw) whose output pixel
+// o = (od, oh, (i + p - kw) / SW) exists (i + p - kw a multiple of SW) of w[tap, o] *
+// grad_y[c, o]. Per task (kRowsPerTask input rows of one slab and depth) the grad_output rows
+// they receive from are staged [chunk][kd][row][slot][chunk's channels], slot q holding
+// "column" q - (KW - 1 - p) of the row spread SW apart (output column o at SW * o, zeros
+// between and past the row); per input row and tile of 64 pixels, the weights of its valid tap
+// rows are staged [tap][slot] the same way, and J input pixels run together, each staged
+// grad_output vector feeding up to J accumulators. At SW = 2 half the multiply-adds are by the
+// zeros between the columns: the loop is the stride-1 one, whose loads are shared by J pixels.
+template <typename acc_t, int Lanes, typename scalar_t>
+void stage_spread_row(const scalar_t* src, int64_t plane, int64_t n_src, int64_t SW, int64_t q0,
+                      int64_t slots, int64_t cw, acc_t* packed, acc_t* dst) {
+  if (SW == 1) {
+    stage_row<acc_t, Lanes>(src, plane, n_src, q0, slots, cw, dst);
+    return;
+  }
+  // The row packed, [column][channel], then each column to slot q0 + SW * column.
+  stage_row<acc_t, Lanes>(src, plane, n_src, 0, n_src, cw, packed);
+  std::fill(dst, dst + slots * cw, acc_t(0));
+  for (int64_t o = 0; o < n_src; ++o) {
+    const int64_t q = q0 + SW * o;
+    if (q >= 0 && q < slots) std::memcpy(dst + q * cw, packed + o * cw, cw * sizeof(acc_t));
+  }
+}
+
+// dst[s] for s in [0, count): the source row's element at column (s - q0) / SW where s - q0 is a
+// multiple of SW (src, n_src columns), converted; zero elsewhere.
+template <typename acc_t, int Lanes, typename scalar_t>
+void stage_spread_weights(const scalar_t* src, int64_t n_src, int64_t SW, int64_t q0, int64_t count,
+                          acc_t* dst) {
+  if (SW == 1) {
+    stage_weights<acc_t, Lanes>(src, n_src, q0, count, dst);
+    return;
+  }
+  std::fill(dst, dst + count, acc_t(0));
+  // Columns o with 0 <= q0 + SW * o < count.
+  const int64_t o0 = std::max<int64_t>(0, ceil_div(-q0, SW));
+  const int64_t o1 = std::min(n_src, floor_div(count - 1 - q0, SW) + 1);
+  for (int64_t o = o0; o < o1; ++o) dst[q0 + SW * o] = static_cast<acc_t>(src[o]);
+}
+
 template <int KW, typename scalar_t, typename acc_t, int Lanes>
 void backward_input_shape(const Geometry& g, const scalar_t* grad_y, const scalar_t* w,
                           scalar_t* grad_x, int64_t begin, int64_t end) {
@@ -401,14 +438,15 @@ void backward_input_shape(const Geometry& g, const scalar_t* grad_y, const scala
   const int64_t H = g.in[1], W = g.in[2];
   const int64_t OD = g.out[0], OH = g.out[1], OW = g.out[2];
   const int64_t KD = g.kernel[0], KH = g.kernel[1];
-  const int64_t sd = g.stride[0], sh = g.stride[1];
+  const int64_t sd = g.stride[0], sh = g.stride[1], sw = g.stride[2];
   const int64_t CG = g.channels_per_group(), taps = g.taps();
   const int64_t in_volume = g.in_volume(), out_volume = g.out_volume();
   const int64_t e = KW - 1 - g.padding[2];  // slot of output column 0
   const int64_t slots = W + KW - 1;
   const int64_t max_out_rows = (kRowsPerTask - 1 + (KH - 1) * g.dilation[1]) / sh + 1;
-  ChunkedRows<acc_t, Lanes> staged;  // slot q: output column q - e
+  ChunkedRows<acc_t, Lanes> staged;  // slot q: output column (q - e) / sw
   staged.allocate(CG, KD, max_out_rows, slots);
+  std::vector<acc_t> packed(sw > 1 ? OW * ChunkedRows<acc_t, Lanes>::kChunk : 0);
   std::vector<acc_t> weights(taps * kGatherSlots, acc_t(0));
   std::vector<acc_t> tile(round_up(kTilePixels, Lanes) * CG, acc_t(0));
   std::vector<const acc_t*> rows(KD * KH);
@@ -428,9 +466,9 @@ void backward_input_shape(const Geometry& g, const scalar_t* grad_y, const scala
       for (int64_t kd = 0; kd < KD; ++kd) {
         if (od_of[kd] < 0) continue;
         for (int64_t oh = oh_first; oh <= oh_last; ++oh) {
-          stage_row<acc_t, Lanes>(grad_y + (c0 + cc) * out_volume + (od_of[kd] * OH + oh) * OW,
-                                  out_volume, OW, e, slots, staged.chunk_width(cc),
-                                  staged.row(kd, oh - oh_first, cc));
+          stage_spread_row<acc_t, Lanes>(
+              grad_y + (c0 + cc) * out_volume + (od_of[kd] * OH + oh) * OW, out_volume, OW, sw, e,
+              slots, staged.chunk_width(cc), packed.data(), staged.row(kd, oh - oh_first, cc));
         }
       }
     }
@@ -450,13 +488,14 @@ void backward_input_shape(const Geometry& g, const scalar_t* grad_y, const scala
       }
       for (int64_t i0 = 0; i0 < W; i0 += kTilePixels) {
         const int64_t n = std::min(W - i0, kTilePixels);
-        // Weight slot s' of tap row r and tap kw: output column i0 + s' - e, zero outside.
+        // Weight slot s' of tap row r and tap kw: output column (i0 + s' - e) / sw, zero
+        // outside and between the columns.
         for (int64_t r = 0; r < n_rows; ++r) {
           const int64_t kd = row_tap[r] / KH;
           for (int64_t kw = 0; kw < KW; ++kw) {
-            stage_weights<acc_t, Lanes>(
+            stage_spread_weights<acc_t, Lanes>(
                 w_bg + (row_tap[r] * KW + kw) * out_volume + (od_of[kd] * OH + row_oh[r]) * OW, OW,
-                e - i0, n + KW - 1, weights.data() + (r * KW + kw) * kGatherSlots);
+                sw, e - i0, n + KW - 1, weights.data() + (r * KW + kw) * kGatherSlots);
           }
         }
         auto set_rows = [&](int64_t cc) {
@@ -496,7 +535,7 @@ void forward(const Geometry& g, const scalar_t* x, const scalar_t* w, scalar_t* 
   });
 }
 
-// The input gradient for width stride 1 and kernel width 7 (channel_vector_handles_input):
+// The input gradient for kernel width 7 and width stride 1 or 2 (channel_vector_handles_input):
 // at kernel width 3 the staging outweighs the fewer loads (RedNet's stem: 1.5x slower).
 template <typename scalar_t, typename acc_t, int Lanes>
 void backward_input(const Geometry& g, const scalar_t* grad_y, const scalar_t* w, scalar_t* grad_x,
