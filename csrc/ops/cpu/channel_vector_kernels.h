@@ -258,15 +258,21 @@ void pixel_blocks(int64_t CG, const SetRows& set_rows, const acc_t* const* rows,
     constexpr int J = NV == 1 ? 12 : 6;
     constexpr int Width = NV * Lanes;
     set_rows(cc);
+    auto blocks = [&](auto j_const, int64_t& j) {
+      constexpr int Jb = decltype(j_const)::value;
+      for (; j + Jb <= n; j += Jb) {
+        pixel_block<Jb, S, KW, NV, Gather, V>(rows, n_rows, (first_slot + j * S) * Width, w + j,
+                                              tile + j * CG + cc, CG);
+      }
+    };
+    // Blocks of J pixels, then the rest of the run in blocks of 6 (one vector of channels) and
+    // 3 pixels, which still share each loaded vector, and single pixels: RedNet's stage 4 rows
+    // are 7 pixels wide.
     int64_t j = 0;
-    for (; j + J <= n; j += J) {
-      pixel_block<J, S, KW, NV, Gather, V>(rows, n_rows, (first_slot + j * S) * Width, w + j,
-                                           tile + j * CG + cc, CG);
-    }
-    for (; j < n; ++j) {
-      pixel_block<1, S, KW, NV, Gather, V>(rows, n_rows, (first_slot + j * S) * Width, w + j,
-                                           tile + j * CG + cc, CG);
-    }
+    blocks(std::integral_constant<int, J>(), j);
+    if constexpr (J > 6) blocks(std::integral_constant<int, 6>(), j);
+    blocks(std::integral_constant<int, 3>(), j);
+    blocks(std::integral_constant<int, 1>(), j);
   };
   int64_t cc = 0;
   for (; cc + 2 * Lanes <= CG; cc += 2 * Lanes) chunk(std::integral_constant<int, 2>(), cc);
