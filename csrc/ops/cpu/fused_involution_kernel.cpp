@@ -17,11 +17,14 @@
 //     in order, in the accumulation type), grad_span_weight and grad_span_bias (per-unit
 //     partial sums) follow. The partial sums are added unit after unit in a fixed order, so
 //     every result is deterministic and independent of the number of threads, without atomics.
+//     Small outputs (fewer pixels per sample than reduced channels) keep dW of all slabs
+//     instead (fused_backward_span_whole).
 // channels-last inputs (channels_last, channels_last_3d) run the kernels of
 // channels_last_kernels.h on the tensors as they are, no copy; the output and grad_input keep
 // that layout.
-// Memory: one slab of W (or dW) per thread, taps * O... elements, and the partial sums, at most
-// a few times the input's size for any geometry.
+// Memory: one slab of W (or dW) per thread, taps * O... elements, and the partial sums (for
+// small outputs dW of all slabs, no larger than they would be), at most a few times the input's
+// size for any geometry.
 
 #include <torch/csrc/stable/library.h>
 
