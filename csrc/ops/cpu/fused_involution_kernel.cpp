@@ -222,6 +222,30 @@ class UnitSums {
   std::unique_ptr<acc_t[]> data_;  // uninitialised: each unit zeroes its own slice
 };
 
+// Pixels [n0, n0 + width) of one sample's z (R rows of P pixels) transposed for
+// span_grad_weight: dst row n holds pixel n0 + n's R values, zero-padded to ldz.
+template <typename scalar_t, typename acc_t>
+void transpose_pixels(const scalar_t* z_b, int64_t R, int64_t P, int64_t n0, int64_t width,
+                      int64_t ldz, acc_t* dst) {
+  for (int64_t n = 0; n < width; ++n) {
+    acc_t* row = dst + n * ldz;
+    for (int64_t r = 0; r < R; ++r) row[r] = static_cast<acc_t>(z_b[r * P + n0 + n]);
+    std::fill(row + R, row + ldz, acc_t(0));
+  }
+}
+
+// R rows of `width` accumulated values (src, rows `width` apart) converted into pixels
+// [n0, n0 + width) of one sample's gz (R rows of P pixels).
+template <typename scalar_t, typename acc_t>
+void store_pixels(const acc_t* src, int64_t R, int64_t width, int64_t P, int64_t n0,
+                  scalar_t* gz_b) {
+  for (int64_t r = 0; r < R; ++r) {
+    scalar_t* dst = gz_b + r * P + n0;
+    const acc_t* row = src + r * width;
+    for (int64_t n = 0; n < width; ++n) dst[n] = static_cast<scalar_t>(row[n]);
+  }
+}
+
 // The gradients of reduced, span weight and span bias for small outputs, from the whole dW: the
 // schedule of fused_backward_span when dW of every slab takes no more memory than its per-unit
 // partial sums would (fewer output pixels per sample than reduced channels: RedNet's stage 4).
@@ -247,12 +271,7 @@ void fused_backward_span_whole(const Fused& f, const scalar_t* gy, const scalar_
   if (gS) {
     run_guided(useful_threads(B, 1), B, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
-        const scalar_t* z_b = z + b * R * P;
-        for (int64_t n = 0; n < P; ++n) {
-          acc_t* row = zT.data() + (b * P + n) * ldz;
-          for (int64_t r = 0; r < R; ++r) row[r] = static_cast<acc_t>(z_b[r * P + n]);
-          std::fill(row + R, row + ldz, acc_t(0));
-        }
+        transpose_pixels(z + b * R * P, R, P, 0, P, ldz, zT.data() + b * P * ldz);
       }
     });
   }
@@ -279,11 +298,7 @@ void fused_backward_span_whole(const Fused& f, const scalar_t* gy, const scalar_
       const int64_t n1 = std::min(P, n0 + kColumns), width = n1 - n0;
       k.span_grad_reduced(G * T, R, S, dW.data() + b * G * T * P, P, acc.data(), width, n0, n1,
                           false);
-      for (int64_t r = 0; r < R; ++r) {
-        scalar_t* dst = gz + (b * R + r) * P + n0;
-        const acc_t* src = acc.data() + r * width;
-        for (int64_t n = 0; n < width; ++n) dst[n] = static_cast<scalar_t>(src[n]);
-      }
+      store_pixels(acc.data(), R, width, P, n0, gz + b * R * P);
     }
   });
 }
@@ -328,14 +343,7 @@ void fused_backward_span(const Fused& f, const scalar_t* gy, const scalar_t* x, 
       const int64_t t1 = std::min(tasks, t0 + unit_tasks);
       const int64_t n0 = f.first_pixel(t0), n1 = f.first_pixel(t1);
       const int64_t width = n1 - n0;
-      const scalar_t* z_b = z + b * R * P;
-      if (gS) {
-        for (int64_t n = 0; n < width; ++n) {
-          acc_t* row = zT.data() + n * ldz;
-          for (int64_t r = 0; r < R; ++r) row[r] = static_cast<acc_t>(z_b[r * P + n0 + n]);
-          std::fill(row + R, row + ldz, acc_t(0));
-        }
-      }
+      if (gS) transpose_pixels(z + b * R * P, R, P, n0, width, ldz, zT.data());
       for (int64_t group = 0; group < G; ++group) {
         const scalar_t* gy_s = gy + f.output_offset(b, group);
         const scalar_t* x_s = x + f.input_offset(b, group);
@@ -354,13 +362,7 @@ void fused_backward_span(const Fused& f, const scalar_t* gy, const scalar_t* x, 
           }
         }
       }
-      if (gz) {
-        for (int64_t r = 0; r < R; ++r) {
-          scalar_t* dst = gz + (b * R + r) * P + n0;
-          const acc_t* src = gz_unit.data() + r * width;
-          for (int64_t n = 0; n < width; ++n) dst[n] = static_cast<scalar_t>(src[n]);
-        }
-      }
+      if (gz) store_pixels(gz_unit.data(), R, width, P, n0, gz + b * R * P);
     }
   });
   if (gS) gS_units.add_to(gS);
